@@ -1,0 +1,3328 @@
+/*
+ * wsfwd - WebSocket forwarder: one upstream connection per feed, fanned out
+ * to any number of WebSocket clients.
+ *
+ * Data flows one way:  upstream ──▶ route ──▶ clients.
+ *
+ * A route binds a request path to a source: a ws:// upstream that wsfwd
+ * keeps connected (reconnecting with backoff), or "-", the lines of stdin.
+ * Every message a source produces is framed once into a reference-counted
+ * struct msg; each client of the route queues a pointer to it, so a payload
+ * is never copied per client.  A client whose queue of unsent bytes would
+ * pass --max-queue is dropped; nobody else waits for it.
+ *
+ * Everything runs in one poll() loop on non-blocking sockets.  The only
+ * thread is a short-lived resolver per name lookup, because getaddrinfo()
+ * can block for seconds; it hands its answer back through a pipe.
+ *
+ * Each connection is a small state machine (enum conn_state).  Bytes come in
+ * through conn_read() into one shared read buffer, go through the HTTP
+ * upgrade parser and then the incremental frame decoder (ws_feed), which
+ * keeps at most a frame header and a control payload per connection.
+ * Bytes go out through conn_flush(), which hands a batch of queued messages
+ * to one sendmsg().  Those two functions are the only I/O seam.
+ *
+ * Clients never reach the upstream: their data messages are validated and
+ * dropped, and no header of theirs is passed on.
+ */
+
+#include <sys/types.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#define VERSION			"0.1.0"
+
+/* ==== Limits and defaults ==== */
+
+#define HEADER_MAX		8192	/* an upgrade head larger than this is not a browser */
+#define HEADERS_MAX		64	/* header lines in one head */
+#define HANDSHAKE_TIMEOUT_MS	10000	/* client upgrade; upstream lookup+connect+upgrade */
+#define CLOSE_TIMEOUT_MS	3000	/* wait for the peer's close frame or FIN */
+#define SHUTDOWN_MS		1500	/* SIGTERM: time clients get to take their close */
+#define RETRY_MIN_MS		1000	/* first reconnect within a second */
+#define RETRY_MAX_MS		30000	/* backoff doubles up to this */
+#define HEALTHY_MS		10000	/* an upstream up this long resets the backoff */
+#define CTRL_MAX		125	/* RFC 6455 5.5: control payloads */
+#define FRAME_HEAD		10	/* largest unmasked frame header */
+#define RBUF_SIZE		65536	/* the one read buffer everybody shares */
+#define READS_PER_EVENT		16	/* reads per upstream readiness: batch, stay fair */
+#define IOV_BATCH		64	/* messages handed to one sendmsg() */
+#define ACCEPT_BATCH		64	/* accepts per listener readiness */
+#define LINE_MAX_DEFAULT	(16u << 20)
+#define MAX_QUEUE_DEFAULT	(1u << 20)
+#define SIZE_LIMIT		((size_t)1 << 30)	/* no sane message is larger */
+#define PING_DEFAULT_S		30
+#define DEFAULT_ADDR		"127.0.0.1"
+#define DEFAULT_PORT		"19443"
+#define WS_GUID			"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#define LEN(a)			(sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b)		((a) < (b) ? (a) : (b))
+#define MAX(a, b)		((a) > (b) ? (a) : (b))
+
+/* ==== Types ==== */
+
+enum conn_kind { CONN_CLIENT, CONN_UPSTREAM };
+
+enum conn_state {
+	CONN_CONNECTING,	/* upstream: non-blocking connect() in flight */
+	CONN_HANDSHAKE,		/* HTTP upgrade, either direction */
+	CONN_OPEN,		/* frames flow */
+	CONN_CLOSING,		/* our close frame is queued; awaiting theirs */
+	CONN_DRAIN,		/* last bytes out, then FIN, then wait for EOF */
+	CONN_DEAD		/* fd closed; freed at the end of the loop turn */
+};
+
+enum ws_op {
+	WS_OP_CONT = 0x0, WS_OP_TEXT = 0x1, WS_OP_BINARY = 0x2,
+	WS_OP_CLOSE = 0x8, WS_OP_PING = 0x9, WS_OP_PONG = 0xA
+};
+
+enum ws_close {
+	CLOSE_NORMAL = 1000, CLOSE_GOING_AWAY = 1001, CLOSE_PROTOCOL = 1002,
+	CLOSE_BAD_DATA = 1007, CLOSE_TOO_BIG = 1009
+};
+
+enum dec_stage { DEC_HEAD, DEC_PAYLOAD };
+
+enum log_level { L_ERR, L_INFO, L_DEBUG };
+
+enum pollslot { POLL_LISTEN, POLL_DNS, POLL_STDIN, POLL_FIXED };
+
+/* A frame as it goes on the wire, shared by every queue that holds it. */
+struct msg {
+	unsigned	 refs;
+	size_t		 len;		/* bytes at p */
+	unsigned char	*p;
+	unsigned char	 data[];	/* FRAME_HEAD bytes of room, then payload */
+};
+
+/* Ring of messages waiting for one socket; off bytes of the head are sent. */
+struct queue {
+	struct msg	**v;
+	unsigned	  cap, head, n;
+	size_t		  off, bytes;	/* bytes: unsent, over all entries */
+};
+
+/* Incremental frame decoder state (RFC 6455 5.2). */
+struct wsdec {
+	unsigned char	 stage, hlen, op, fin, masked, msgop;
+	unsigned char	 hdr[14], mask[4], ctl[CTRL_MAX];
+	unsigned	 mpos, ctllen;
+	uint32_t	 utf8;		/* validator state across fragments */
+	uint64_t	 left;		/* payload bytes left in this frame */
+	uint64_t	 msglen;	/* bytes of the message so far */
+	struct msg	*msg;		/* upstream only: message being assembled */
+	size_t		 msgcap;
+};
+
+struct conn {
+	int		 fd;
+	unsigned char	 kind, state, shut, dirty, joined;
+	unsigned	 id;
+	unsigned	 close_code;	/* what we sent or will log */
+	int64_t		 deadline;	/* handshake, close or drain timer; 0: none */
+	int64_t		 last_rx, ping_at;
+	struct route	*route;
+	struct upstream	*up;		/* upstream connections: the owner */
+	struct conn	*next, *prev;	/* the route's open clients */
+	struct conn	*dnext;		/* the list of conns with output to flush */
+	char		*hs;		/* HTTP head while in CONN_HANDSHAKE */
+	size_t		 hslen;
+	struct queue	 q;
+	struct wsdec	 d;
+	char		 peer[56];	/* "[v6addr]:port" */
+};
+
+struct url {
+	char		*text;
+	int		 tls;
+	char		 host[256];	/* without brackets */
+	char		 port[6];
+	char		 hosthdr[270];	/* Host: value, port only if not default */
+	char		*target;	/* path and query, as sent */
+};
+
+struct dnsreq {
+	struct upstream	*u;		/* NULL: abandoned, free on arrival */
+	char		 host[256], port[6];
+	struct addrinfo	*ai;
+	int		 err;
+};
+
+struct upstream {
+	struct route	*route;
+	struct url	*url;
+	struct conn	*c;		/* NULL while waiting or resolving */
+	struct dnsreq	*dq;
+	struct addrinfo	*ai, *next_ai;
+	int64_t		 retry_at;	/* 0: not waiting */
+	int64_t		 deadline;	/* lookup + connect + upgrade */
+	int64_t		 up_since;
+	int		 backoff_ms;
+	int		 cat;		/* --cat: exit instead of reconnecting */
+	int		 delivered;	/* a message came on this connection */
+	char		 accept[29];	/* expected Sec-WebSocket-Accept */
+	char		 why[160];	/* last connect error */
+};
+
+struct route {
+	char		*path;
+	struct url	 url;
+	int		 is_stdin, done;
+	unsigned char	*line;		/* stdin: a partial line */
+	size_t		 linelen, linecap;
+	unsigned long	 lineno;
+	struct upstream	*up;
+	struct conn	*clients;
+	unsigned	 nclients;
+};
+
+struct http {
+	char		*method, *target, *version;	/* request line */
+	int		 status;			/* response line */
+	char		*reason;
+	struct { char *name, *value; } h[HEADERS_MAX];
+	int		 nh;
+};
+
+struct options {
+	const char	*listen_host;	/* NULL: every interface */
+	const char	*listen_port;
+	size_t		 max_message, max_queue;
+	unsigned	 max_clients;	/* 0: no limit */
+	int		 ping_ms;	/* 0: off */
+	int		 verbosity;
+	const char	*cat;
+};
+
+struct sha1 {
+	uint32_t	 h[5];
+	uint64_t	 len;
+	unsigned char	 buf[64];
+};
+
+/* ==== Prototypes ==== */
+
+static int	 accept_one(void);
+static void	 addr_format(const struct sockaddr *, char *, size_t);
+static size_t	 b64_decode(unsigned char *, size_t, const char *, size_t);
+static void	 b64_encode(char *, const unsigned char *, size_t);
+static int	 b64_value(int);
+static void	 broadcast(struct route *, struct msg *);
+static void	 cat_deliver(struct msg *);
+static int	 client_check(struct conn *, struct http *, const char **,
+		    const char **);
+static void	 client_handshake(struct conn *, size_t);
+static void	 client_join(struct conn *, const char *);
+static void	 client_leave(struct conn *, const char *);
+static void	 client_reject(struct conn *, int, const char *);
+static void	 client_unlink(struct conn *);
+static int	 close_code_valid(unsigned);
+static void	 conn_closed_by_peer(struct conn *, unsigned);
+static void	 conn_drain(struct conn *);
+static void	 conn_event(struct conn *, short);
+static short	 conn_events(struct conn *);
+static void	 conn_fail(struct conn *, int);
+static int	 conn_flush(struct conn *);
+static void	 conn_kill(struct conn *);
+static void	 conn_lost(struct conn *, const char *);
+static void	 conn_mark(struct conn *);
+static struct conn	*conn_new(int, int);
+static int	 conn_queue(struct conn *, struct msg *, int);
+static ssize_t	 conn_read(struct conn *, unsigned char *, size_t);
+static void	 conn_readable(struct conn *);
+static void	 conn_reap(void);
+static void	 conn_send_close(struct conn *, unsigned, int);
+static void	 conn_send_ctl(struct conn *, int, const void *, size_t);
+static int64_t	 conn_timers(struct conn *);
+static void	 die(const char *, ...);
+static void	 dns_done(void);
+static void	*dns_thread(void *);
+static void	 flush_dirty(void);
+static int	 http_has_token(const char *, const char *);
+static size_t	 http_head_end(const char *, size_t, size_t);
+static const char	*http_header(struct http *, const char *, int *);
+static char	*http_line(char **);
+static int	 http_parse(char *, size_t, struct http *, int);
+static void	 listen_parse(char *);
+static void	 listen_setup(void);
+static const char	*log_clean(const unsigned char *, size_t);
+static void	 logmsg(int, const char *, ...);
+static void	 loop(void);
+static struct msg	*msg_frame(int, int, const void *, size_t);
+static struct msg	*msg_new(size_t);
+static struct msg	*msg_raw(const void *, size_t);
+static void	 msg_seal(struct msg *, int, size_t);
+static void	 msg_unref(struct msg *);
+static int64_t	 now_ms(void);
+static void	 on_signal(int);
+static void	 options_parse(int, char **);
+static int	 parse_size(const char *, size_t *);
+static int	 parse_uint(const char *, unsigned long, unsigned long *);
+static void	 queue_clear(struct queue *, int);
+static void	 queue_consume(struct queue *, size_t);
+static int	 queue_push(struct queue *, struct msg *, int);
+static void	 rand_bytes(void *, size_t);
+static unsigned	 rand_u32(void);
+static void	 route_add(char *);
+static void	 route_end(struct route *);
+static struct route	*route_find(const char *, size_t);
+static int	 set_nonblock(int);
+static void	 setup(void);
+static void	 sha1_block(uint32_t[5], const unsigned char *);
+static void	 sha1_final(struct sha1 *, unsigned char[20]);
+static void	 sha1_init(struct sha1 *);
+static void	 sha1_update(struct sha1 *, const void *, size_t);
+static int	 should_exit(void);
+static void	 shutdown_begin(void);
+static void	 signal_setup(void);
+static void	 stdin_keep(struct route *, const unsigned char *, size_t);
+static void	 stdin_line(struct route *, const unsigned char *, size_t);
+static void	 stdin_read(struct route *);
+static int64_t	 timers(void);
+static const char	*upstream_check(struct upstream *, struct http *);
+static void	 upstream_connect_done(struct conn *, int);
+static void	 upstream_deliver(struct upstream *, struct msg *);
+static void	 upstream_fail(struct upstream *, const char *, ...);
+static void	 upstream_handshake(struct conn *, size_t);
+static void	 upstream_start(struct upstream *);
+static int64_t	 upstream_timers(struct upstream *);
+static void	 upstream_try(struct upstream *);
+static void	 upstreams_start(void);
+static int	 url_parse(struct url *, const char *, char *, size_t);
+static void	 usage(FILE *);
+static void	 usage_error(const char *, ...);
+static int	 utf8_check(uint32_t *, const unsigned char *, size_t);
+static void	 ws_accept_key(char[29], const char *, size_t);
+static int	 ws_control(struct conn *);
+static int	 ws_data(struct conn *, const unsigned char *, size_t);
+static int	 ws_feed(struct conn *, unsigned char *, size_t);
+static int	 ws_frame_end(struct conn *);
+static int	 ws_head(struct conn *);
+static size_t	 ws_head_need(const unsigned char *, unsigned);
+
+/* ==== Globals ==== */
+
+static struct options	 opt;		/* written once, by options_parse() */
+static struct route	*routes;
+static size_t		 nroutes;
+static struct route	*stdin_route;
+static struct conn	**conns;	/* every live connection, in poll order */
+static size_t		 nconns, capconns;
+static struct conn	*dirty;		/* conns with output queued this turn */
+static unsigned		 nclients_open;	/* upgraded clients, all routes */
+static unsigned		 nclient_conns;	/* client sockets, any state */
+static unsigned		 next_id;
+static int		 listen_fd = -1, spare_fd = -1;
+static int		 wake_pipe[2] = { -1, -1 };	/* resolver, signals */
+static int64_t		 now;		/* CLOCK_MONOTONIC ms, once per turn */
+static int64_t		 exit_at;	/* shutting down: leave by then */
+static int64_t		 listen_pause, emfile_logged;
+static int		 exit_status;
+static int		 cat_done = -1;	/* --cat: exit status once known */
+static unsigned char	 rbuf[RBUF_SIZE];
+static volatile sig_atomic_t quit;
+
+/* ==== Logging, errors, time, randomness ==== */
+
+/* Print one timestamped line on stderr if the verbosity allows it. */
+static void
+logmsg(int level, const char *fmt, ...)
+{
+	char stamp[32];
+	struct timespec ts;
+	struct tm tm;
+	va_list ap;
+
+	if (level > opt.verbosity)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", &tm);
+	fprintf(stderr, "%s.%03ld ", stamp, ts.tv_nsec / 1000000);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+/* Setup failure: message, strerror(errno) if fmt ends in ':', exit 1. */
+static void
+die(const char *fmt, ...)
+{
+	int e = errno;
+	size_t n = strlen(fmt);
+	va_list ap;
+
+	fputs("wsfwd: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	if (n > 0 && fmt[n - 1] == ':')
+		fprintf(stderr, " %s", strerror(e));
+	fputc('\n', stderr);
+	exit(1);
+}
+
+/* Bad command line: one line on stderr, exit 2. */
+static void
+usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("wsfwd: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs(" (see wsfwd --help)\n", stderr);
+	exit(2);
+}
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Fill buf from the kernel's CSPRNG: handshake keys and frame masks. */
+static void
+rand_bytes(void *buf, size_t n)
+{
+	unsigned char *p = buf;
+	ssize_t r;
+	int fd;
+
+	while (n > 0) {
+		r = getrandom(p, n, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			break;
+		p += r;
+		n -= (size_t)r;
+	}
+	if (n == 0)
+		return;
+	/* Kernels before 3.17 have no getrandom(). */
+	if ((fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC)) < 0)
+		die("open /dev/urandom:");
+	while (n > 0) {
+		r = read(fd, p, n);
+		if (r <= 0 && errno != EINTR)
+			die("read /dev/urandom:");
+		if (r > 0) {
+			p += r;
+			n -= (size_t)r;
+		}
+	}
+	close(fd);
+}
+
+static unsigned
+rand_u32(void)
+{
+	uint32_t v;
+
+	rand_bytes(&v, sizeof v);
+	return v;
+}
+
+/* ==== SHA-1 (FIPS 180-4), base64 (RFC 4648) ==== */
+
+#define ROL(x, n)	(((x) << (n)) | ((x) >> (32 - (n))))
+
+static void
+sha1_block(uint32_t h[5], const unsigned char *p)
+{
+	uint32_t w[80], a, b, c, d, e, f, k, t;
+	int i;
+
+	for (i = 0; i < 16; i++)
+		w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+		    (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+	for (; i < 80; i++)
+		w[i] = ROL(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+	a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+	for (i = 0; i < 80; i++) {
+		if (i < 20)
+			f = (b & c) | (~b & d), k = 0x5A827999;
+		else if (i < 40)
+			f = b ^ c ^ d, k = 0x6ED9EBA1;
+		else if (i < 60)
+			f = (b & c) | (b & d) | (c & d), k = 0x8F1BBCDC;
+		else
+			f = b ^ c ^ d, k = 0xCA62C1D6;
+		t = ROL(a, 5) + f + e + k + w[i];
+		e = d, d = c, c = ROL(b, 30), b = a, a = t;
+	}
+	h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e;
+}
+
+static void
+sha1_init(struct sha1 *s)
+{
+	static const uint32_t iv[5] = {
+		0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0
+	};
+
+	memcpy(s->h, iv, sizeof iv);
+	s->len = 0;
+}
+
+static void
+sha1_update(struct sha1 *s, const void *data, size_t n)
+{
+	const unsigned char *p = data;
+	size_t used = s->len % 64, k;
+
+	s->len += n;
+	while (n > 0) {
+		k = MIN(64 - used, n);
+		memcpy(s->buf + used, p, k);
+		used += k, p += k, n -= k;
+		if (used == 64) {
+			sha1_block(s->h, s->buf);
+			used = 0;
+		}
+	}
+}
+
+static void
+sha1_final(struct sha1 *s, unsigned char out[20])
+{
+	uint64_t bits = s->len * 8;
+	unsigned char pad[72] = { 0x80 };
+	size_t used = s->len % 64, padlen = (used < 56 ? 56 : 120) - used;
+	int i;
+
+	for (i = 0; i < 8; i++)
+		pad[padlen + i] = (unsigned char)(bits >> (56 - 8 * i));
+	sha1_update(s, pad, padlen + 8);
+	for (i = 0; i < 20; i++)
+		out[i] = (unsigned char)(s->h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+static const char b64chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Encode n bytes into out, which holds 4 * ((n + 2) / 3) + 1 bytes. */
+static void
+b64_encode(char *out, const unsigned char *in, size_t n)
+{
+	uint32_t v;
+
+	for (; n >= 3; in += 3, n -= 3) {
+		v = (uint32_t)in[0] << 16 | in[1] << 8 | in[2];
+		*out++ = b64chars[v >> 18];
+		*out++ = b64chars[v >> 12 & 63];
+		*out++ = b64chars[v >> 6 & 63];
+		*out++ = b64chars[v & 63];
+	}
+	if (n > 0) {
+		v = (uint32_t)in[0] << 16 | (n > 1 ? in[1] << 8 : 0);
+		*out++ = b64chars[v >> 18];
+		*out++ = b64chars[v >> 12 & 63];
+		*out++ = n > 1 ? b64chars[v >> 6 & 63] : '=';
+		*out++ = '=';
+	}
+	*out = '\0';
+}
+
+static int
+b64_value(int ch)
+{
+	const char *s;
+
+	if (ch == '\0' || (s = strchr(b64chars, ch)) == NULL)
+		return -1;
+	return (int)(s - b64chars);
+}
+
+/*
+ * Decode canonical padded base64 of length n into out (cap bytes).
+ * Returns the decoded length, or (size_t)-1 on any malformation.
+ */
+static size_t
+b64_decode(unsigned char *out, size_t cap, const char *in, size_t n)
+{
+	size_t i, o = 0, len, pad = 0;
+	uint32_t v = 0;
+	int j, d;
+
+	if (n == 0 || n % 4 != 0)
+		return (size_t)-1;
+	if (in[n - 1] == '=')
+		pad = in[n - 2] == '=' ? 2 : 1;
+	if ((len = n / 4 * 3 - pad) > cap)
+		return (size_t)-1;
+	for (i = 0; i < n; i += 4) {
+		for (v = 0, j = 0; j < 4; j++) {
+			d = i + j < n - pad ? b64_value(in[i + j]) : 0;
+			if (d < 0)
+				return (size_t)-1;
+			v = v << 6 | (uint32_t)d;
+		}
+		for (j = 0; j < 3 && o < len; j++)
+			out[o++] = (unsigned char)(v >> (16 - 8 * j));
+	}
+	/* Bits left under the padding would make the encoding ambiguous. */
+	if ((pad == 1 && (v & 0xff)) || (pad == 2 && (v & 0xffff)))
+		return (size_t)-1;
+	return o;
+}
+
+/* Sec-WebSocket-Accept for a key (RFC 6455 4.2.2): base64(SHA-1(key+GUID)). */
+static void
+ws_accept_key(char out[29], const char *key, size_t n)
+{
+	struct sha1 s;
+	unsigned char md[20];
+
+	sha1_init(&s);
+	sha1_update(&s, key, n);
+	sha1_update(&s, WS_GUID, sizeof WS_GUID - 1);
+	sha1_final(&s, md);
+	b64_encode(out, md, sizeof md);
+}
+
+/* ==== UTF-8 (RFC 3629) ==== */
+
+/*
+ * Validate a chunk of a message, carrying the state of a split code point
+ * in *st: bits 0-7 continuation bytes still due, 8-15 and 16-23 the range
+ * the next one must fall in (that is how overlongs and surrogates are
+ * refused).  Returns -1 on the first bad byte.  The message is complete
+ * and valid when the final state has no continuation due.
+ */
+static int
+utf8_check(uint32_t *st, const unsigned char *p, size_t n)
+{
+	uint32_t need = *st & 0xff, lo = *st >> 8 & 0xff, hi = *st >> 16;
+	const unsigned char *end = p + n;
+	unsigned b;
+
+	while (p < end) {
+		if (need == 0) {
+			/* Fast path: eight ASCII bytes at a time. */
+			while (end - p >= 8) {
+				uint64_t w;
+
+				memcpy(&w, p, 8);
+				if (w & 0x8080808080808080ull)
+					break;
+				p += 8;
+			}
+			if (p == end)
+				break;
+			b = *p++;
+			if (b < 0x80)
+				continue;
+			lo = 0x80, hi = 0xBF;
+			if (b >= 0xC2 && b <= 0xDF)
+				need = 1;
+			else if (b >= 0xE0 && b <= 0xEF) {
+				need = 2;
+				if (b == 0xE0)
+					lo = 0xA0;	/* overlong */
+				else if (b == 0xED)
+					hi = 0x9F;	/* surrogates */
+			} else if (b >= 0xF0 && b <= 0xF4) {
+				need = 3;
+				if (b == 0xF0)
+					lo = 0x90;	/* overlong */
+				else if (b == 0xF4)
+					hi = 0x8F;	/* past U+10FFFF */
+			} else
+				return -1;
+		} else {
+			b = *p++;
+			if (b < lo || b > hi)
+				return -1;
+			lo = 0x80, hi = 0xBF;
+			need--;
+		}
+	}
+	*st = need | lo << 8 | hi << 16;
+	return 0;
+}
+
+/* ==== HTTP upgrade ==== */
+
+/*
+ * Find the end of an HTTP head in buf[0..len), scanning from 'from'.
+ * Returns the offset just past the blank line, or 0 if not there yet.
+ * Bare LF line ends are tolerated.
+ */
+static size_t
+http_head_end(const char *buf, size_t len, size_t from)
+{
+	size_t i;
+
+	for (i = from; i < len; i++) {
+		if (buf[i] != '\n')
+			continue;
+		if (i + 1 < len && buf[i + 1] == '\n')
+			return i + 2;
+		if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n')
+			return i + 3;
+	}
+	return 0;
+}
+
+/* Next line of a head in place: NUL-terminate it, strip CR, advance *pp. */
+static char *
+http_line(char **pp)
+{
+	char *s = *pp, *nl = strchr(s, '\n');
+
+	if (nl == NULL)
+		return NULL;
+	*nl = '\0';
+	if (nl > s && nl[-1] == '\r')
+		nl[-1] = '\0';
+	*pp = nl + 1;
+	return s;
+}
+
+/*
+ * Parse a complete head (request or response) in place.  buf holds len
+ * bytes ending with the blank line and one spare byte for a NUL.
+ * Returns 0, or -1 on anything malformed.
+ */
+static int
+http_parse(char *buf, size_t len, struct http *m, int response)
+{
+	char *p = buf, *line, *colon, *v, *e, *sp, *s;
+	unsigned char ch;
+	size_t i;
+
+	memset(m, 0, sizeof *m);
+	for (i = 0; i < len; i++) {
+		ch = (unsigned char)buf[i];
+		if (ch == '\0' || (ch < 0x20 && ch != '\r' && ch != '\n' &&
+		    ch != '\t') || ch == 0x7f)
+			return -1;
+	}
+	buf[len] = '\0';
+	if ((line = http_line(&p)) == NULL)
+		return -1;
+	if (response) {
+		/* HTTP/1.1 101 Switching Protocols */
+		if (strncmp(line, "HTTP/1.", 7) != 0 || (sp = strchr(line,
+		    ' ')) == NULL)
+			return -1;
+		*sp++ = '\0';
+		m->version = line;
+		if (strlen(sp) < 3 || sp[0] < '1' || sp[0] > '5' ||
+		    sp[1] < '0' || sp[1] > '9' || sp[2] < '0' || sp[2] > '9' ||
+		    (sp[3] != '\0' && sp[3] != ' '))
+			return -1;
+		m->status = (sp[0] - '0') * 100 + (sp[1] - '0') * 10 +
+		    (sp[2] - '0');
+		m->reason = sp[3] ? sp + 4 : sp + 3;
+	} else {
+		/* GET /path?query HTTP/1.1 */
+		m->method = line;
+		if ((sp = strchr(line, ' ')) == NULL || sp == line)
+			return -1;
+		*sp++ = '\0';
+		m->target = sp;
+		if ((sp = strchr(sp, ' ')) == NULL || sp == m->target)
+			return -1;
+		*sp++ = '\0';
+		m->version = sp;
+		if (strchr(sp, ' ') != NULL || strncmp(sp, "HTTP/", 5) != 0)
+			return -1;
+	}
+	while ((line = http_line(&p)) != NULL && *line != '\0') {
+		if (*line == ' ' || *line == '\t')
+			return -1;		/* obsolete line folding */
+		if ((colon = strchr(line, ':')) == NULL || colon == line)
+			return -1;
+		for (s = line; s < colon; s++)
+			if (*s == ' ' || *s == '\t')
+				return -1;	/* no space before the colon */
+		if (m->nh == HEADERS_MAX)
+			return -1;
+		*colon = '\0';
+		for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
+			;
+		for (e = v + strlen(v); e > v && (e[-1] == ' ' ||
+		    e[-1] == '\t'); e--)
+			;
+		*e = '\0';
+		m->h[m->nh].name = line;
+		m->h[m->nh].value = v;
+		m->nh++;
+	}
+	return 0;
+}
+
+/* Value of header 'name' (case-insensitive); *count gets how many there are. */
+static const char *
+http_header(struct http *m, const char *name, int *count)
+{
+	const char *v = NULL;
+	int i, n = 0;
+
+	for (i = 0; i < m->nh; i++)
+		if (strcasecmp(m->h[i].name, name) == 0) {
+			if (n++ == 0)
+				v = m->h[i].value;
+		}
+	if (count != NULL)
+		*count = n;
+	return v;
+}
+
+/* Does a comma-separated header value hold 'token' (case-insensitive)? */
+static int
+http_has_token(const char *v, const char *token)
+{
+	size_t tl = strlen(token), n;
+	const char *e;
+
+	while (v != NULL && *v != '\0') {
+		while (*v == ' ' || *v == '\t' || *v == ',')
+			v++;
+		for (e = v; *e != '\0' && *e != ','; e++)
+			;
+		for (n = (size_t)(e - v); n > 0 && (v[n - 1] == ' ' ||
+		    v[n - 1] == '\t'); n--)
+			;
+		if (n == tl && strncasecmp(v, token, tl) == 0)
+			return 1;
+		v = e;
+	}
+	return 0;
+}
+
+/* ==== Messages and queues ==== */
+
+/*
+ *  msg->data:  [ FRAME_HEAD bytes of room ][ payload ... ]
+ *                        ^p (header written right before the payload)
+ */
+static struct msg *
+msg_new(size_t cap)
+{
+	struct msg *m;
+
+	if (cap > SIZE_MAX - sizeof *m - FRAME_HEAD - 4 ||
+	    (m = malloc(sizeof *m + FRAME_HEAD + 4 + cap)) == NULL)
+		return NULL;
+	m->refs = 1;
+	m->p = m->data + FRAME_HEAD;
+	m->len = 0;
+	return m;
+}
+
+/*
+ * Write an unmasked, final frame header in front of plen payload bytes.
+ *
+ *   0               1               2               3
+ *   0 1 2 3 4 5 6 7 0 1 2 3 4 5 6 7 0 1 2 3 4 5 6 7 0 1 2 3 4 5 6 7
+ *  +-+-+-+-+-------+-+-------------+-------------------------------+
+ *  |F|R|R|R| opcode|M| Payload len |    Extended payload length    |
+ *  |I|S|S|S|  (4)  |A|     (7)     |             (16/64)           |
+ *  |N|V|V|V|       |S|             |   (if payload len==126/127)   |
+ *  | |1|2|3|       |K|             |                               |
+ *  +-+-+-+-+-------+-+-------------+ - - - - - - - - - - - - - - - +
+ *  |     Masking-key, if MASK set to 1 (client to server only)     |
+ *  +---------------------------------------------------------------+
+ */
+static void
+msg_seal(struct msg *m, int op, size_t plen)
+{
+	unsigned char *pl = m->data + FRAME_HEAD, *h;
+	uint64_t len = plen;
+	int i;
+
+	if (len < 126) {
+		h = pl - 2;
+		h[1] = (unsigned char)len;
+	} else if (len <= 0xFFFF) {
+		h = pl - 4;
+		h[1] = 126;
+		h[2] = (unsigned char)(len >> 8);
+		h[3] = (unsigned char)len;
+	} else {
+		h = pl - 10;
+		h[1] = 127;
+		for (i = 0; i < 8; i++)
+			h[2 + i] = (unsigned char)(len >> (56 - 8 * i));
+	}
+	h[0] = (unsigned char)(0x80 | op);
+	m->p = h;
+	m->len = (size_t)(pl - h) + plen;
+}
+
+/* A whole frame for one peer; masked (fresh key) when we are the client. */
+static struct msg *
+msg_frame(int op, int masked, const void *payload, size_t n)
+{
+	const unsigned char *src = payload;
+	struct msg *m;
+	unsigned char *pl, key[4];
+	size_t i;
+
+	if ((m = msg_new(n + 4)) == NULL)
+		return NULL;
+	pl = m->data + FRAME_HEAD;
+	if (!masked) {
+		if (n > 0)
+			memcpy(pl, src, n);
+		msg_seal(m, op, n);
+		return m;
+	}
+	rand_bytes(key, sizeof key);
+	memcpy(pl, key, 4);
+	for (i = 0; i < n; i++)
+		pl[4 + i] = src[i] ^ key[i & 3];
+	msg_seal(m, op, n);
+	m->p[1] |= 0x80;
+	m->len += 4;
+	return m;
+}
+
+/* Raw bytes (an HTTP head) as a message. */
+static struct msg *
+msg_raw(const void *p, size_t n)
+{
+	struct msg *m;
+
+	if ((m = msg_new(n)) == NULL)
+		return NULL;
+	memcpy(m->p, p, n);
+	m->len = n;
+	return m;
+}
+
+static void
+msg_unref(struct msg *m)
+{
+	if (m != NULL && --m->refs == 0)
+		free(m);
+}
+
+/*
+ * Queue m (taking a reference).  Urgent entries (control frames) go ahead
+ * of queued data but never into a frame that is half on the wire.
+ * Returns -1 when memory is short.
+ */
+static int
+queue_push(struct queue *q, struct msg *m, int urgent)
+{
+	struct msg **v;
+	unsigned i, cap;
+
+	if (q->n == q->cap) {
+		cap = q->cap ? q->cap * 2 : 4;
+		if ((v = malloc(cap * sizeof *v)) == NULL)
+			return -1;
+		for (i = 0; i < q->n; i++)
+			v[i] = q->v[(q->head + i) & (q->cap - 1)];
+		free(q->v);
+		q->v = v, q->cap = cap, q->head = 0;
+	}
+	if (!urgent || q->n == 0)
+		q->v[(q->head + q->n) & (q->cap - 1)] = m;
+	else if (q->off == 0) {
+		q->head = (q->head - 1) & (q->cap - 1);
+		q->v[q->head] = m;
+	} else {
+		/* Slide the half-sent head back one slot; m goes behind it. */
+		q->head = (q->head - 1) & (q->cap - 1);
+		q->v[q->head] = q->v[(q->head + 1) & (q->cap - 1)];
+		q->v[(q->head + 1) & (q->cap - 1)] = m;
+	}
+	q->n++;
+	q->bytes += m->len;
+	m->refs++;
+	return 0;
+}
+
+/* Drop n sent bytes from the front. */
+static void
+queue_consume(struct queue *q, size_t n)
+{
+	struct msg *m;
+	size_t rest;
+
+	while (n > 0 && q->n > 0) {
+		m = q->v[q->head];
+		rest = m->len - q->off;
+		if (n < rest) {
+			q->off += n;
+			q->bytes -= n;
+			return;
+		}
+		n -= rest;
+		q->bytes -= rest;
+		q->off = 0;
+		q->head = (q->head + 1) & (q->cap - 1);
+		q->n--;
+		msg_unref(m);
+	}
+}
+
+/* Drop everything queued; keep a half-sent head if asked (its frame must end). */
+static void
+queue_clear(struct queue *q, int keep_partial)
+{
+	struct msg *m;
+	unsigned keep = keep_partial && q->n > 0 && q->off > 0;
+
+	while (q->n > keep) {
+		m = q->v[(q->head + q->n - 1) & (q->cap - 1)];
+		q->bytes -= m->len - (q->n == 1 ? q->off : 0);
+		q->n--;
+		msg_unref(m);
+	}
+	if (q->n == 0) {
+		free(q->v);
+		memset(q, 0, sizeof *q);
+	}
+}
+
+/* ==== WebSocket frames (RFC 6455 section 5) ==== */
+
+/* Bytes of header a frame needs, given the first hlen bytes of it. */
+static size_t
+ws_head_need(const unsigned char *h, unsigned hlen)
+{
+	size_t n = 2;
+
+	if (hlen < 2)
+		return 2;
+	if ((h[1] & 0x7F) == 126)
+		n += 2;
+	else if ((h[1] & 0x7F) == 127)
+		n += 8;
+	return n + (h[1] & 0x80 ? 4 : 0);
+}
+
+static int
+close_code_valid(unsigned code)
+{
+	/* RFC 6455 7.4: 1004-1006 and 1015 are never sent; 1012-1014 are IANA's. */
+	return (code >= 1000 && code <= 1003) ||
+	    (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
+}
+
+/* Check a complete frame header; returns 0 or the close code to fail with. */
+static int
+ws_head(struct conn *c)
+{
+	struct wsdec *d = &c->d;
+	const unsigned char *h = d->hdr;
+	uint64_t len = h[1] & 0x7F;
+	size_t need;
+	struct msg *m;
+	int i, at = 2;
+
+	d->fin = h[0] >> 7;
+	d->op = h[0] & 0x0F;
+	d->masked = h[1] >> 7;
+	/* No extension is negotiated, so RSV1-3 must be zero (5.2). */
+	if (h[0] & 0x70)
+		return CLOSE_PROTOCOL;
+	if (d->op > WS_OP_BINARY && (d->op < WS_OP_CLOSE || d->op > WS_OP_PONG))
+		return CLOSE_PROTOCOL;
+	/* 5.1: a client masks every frame; a server masks none. */
+	if (d->masked != (c->kind == CONN_CLIENT))
+		return CLOSE_PROTOCOL;
+	if (len == 126) {
+		len = (uint64_t)h[2] << 8 | h[3];
+		at = 4;
+	} else if (len == 127) {
+		for (len = 0, i = 2; i < 10; i++)
+			len = len << 8 | h[i];
+		at = 10;
+		if (len >> 63)
+			return CLOSE_PROTOCOL;
+	}
+	if (d->masked)
+		memcpy(d->mask, h + at, 4);
+	d->left = len;
+	d->mpos = 0;
+	if (d->op & 0x8) {
+		/* 5.5: control frames are short and never fragmented. */
+		if (!d->fin || len > CTRL_MAX)
+			return CLOSE_PROTOCOL;
+		d->ctllen = 0;
+		return 0;
+	}
+	if (d->op == WS_OP_CONT && d->msgop == 0)
+		return CLOSE_PROTOCOL;
+	if (d->op != WS_OP_CONT) {
+		if (d->msgop != 0)
+			return CLOSE_PROTOCOL;
+		d->msgop = d->op;
+		d->msglen = 0;
+		d->utf8 = 0;
+	}
+	if (len > opt.max_message - d->msglen)
+		return CLOSE_TOO_BIG;
+	d->msglen += len;
+	if (c->kind == CONN_CLIENT)
+		return 0;
+	/* Upstream: the message is kept, in the buffer it will be sent from. */
+	need = (size_t)d->msglen;
+	if (d->msg == NULL || need > d->msgcap) {
+		if (d->msg != NULL && need < d->msgcap * 2)
+			need = MIN(d->msgcap * 2, opt.max_message);
+		m = d->msg;
+		if (m == NULL)
+			m = msg_new(need);
+		else if ((m = realloc(m, sizeof *m + FRAME_HEAD + 4 + need)) !=
+		    NULL)
+			m->p = m->data + FRAME_HEAD;
+		if (m == NULL)
+			return CLOSE_TOO_BIG;
+		d->msg = m;
+		d->msgcap = need;
+	}
+	return 0;
+}
+
+/* Payload bytes of a data frame, already unmasked. */
+static int
+ws_data(struct conn *c, const unsigned char *p, size_t n)
+{
+	struct wsdec *d = &c->d;
+
+	if (d->msgop == WS_OP_TEXT && utf8_check(&d->utf8, p, n) < 0)
+		return CLOSE_BAD_DATA;
+	if (c->kind == CONN_UPSTREAM)
+		memcpy(d->msg->data + FRAME_HEAD + (d->msglen - d->left), p, n);
+	return 0;
+}
+
+/* A control frame is complete: answer a ping, take a close. */
+static int
+ws_control(struct conn *c)
+{
+	struct wsdec *d = &c->d;
+	unsigned code = 0;
+	uint32_t st = 0;
+
+	if (d->op == WS_OP_PING) {
+		conn_send_ctl(c, WS_OP_PONG, d->ctl, d->ctllen);
+		return 0;
+	}
+	if (d->op == WS_OP_PONG)
+		return 0;
+	/* 5.5.1: a close body is empty or a valid code plus UTF-8 reason. */
+	if (d->ctllen == 1)
+		return CLOSE_PROTOCOL;
+	if (d->ctllen >= 2) {
+		code = (unsigned)d->ctl[0] << 8 | d->ctl[1];
+		if (!close_code_valid(code))
+			return CLOSE_PROTOCOL;
+		if (utf8_check(&st, d->ctl + 2, d->ctllen - 2) < 0 ||
+		    (st & 0xff) != 0)
+			return CLOSE_BAD_DATA;
+	}
+	conn_closed_by_peer(c, code);
+	return 0;
+}
+
+/* The last byte of a frame arrived. */
+static int
+ws_frame_end(struct conn *c)
+{
+	struct wsdec *d = &c->d;
+	struct msg *m;
+	int op = d->msgop;
+
+	if (d->op & 0x8)
+		return ws_control(c);
+	if (!d->fin)
+		return 0;
+	if (op == WS_OP_TEXT && (d->utf8 & 0xff) != 0)
+		return CLOSE_BAD_DATA;	/* message ends inside a code point */
+	d->msgop = 0;
+	if (c->kind == CONN_CLIENT)
+		return 0;	/* clients' messages go nowhere */
+	m = d->msg;
+	d->msg = NULL;
+	d->msgcap = 0;
+	msg_seal(m, op, (size_t)d->msglen);
+	upstream_deliver(c->up, m);
+	msg_unref(m);
+	return 0;
+}
+
+/*
+ * Push n received bytes through the decoder.  Payload is unmasked in
+ * place.  Returns 0, or the close code the connection must fail with.
+ * Stops early when a close frame ends the conversation.
+ */
+static int
+ws_feed(struct conn *c, unsigned char *p, size_t n)
+{
+	struct wsdec *d = &c->d;
+	size_t k, i;
+	int code;
+
+	while (n > 0 && (c->state == CONN_OPEN || c->state == CONN_CLOSING)) {
+		if (d->stage == DEC_HEAD) {
+			k = MIN(ws_head_need(d->hdr, d->hlen) - d->hlen, n);
+			memcpy(d->hdr + d->hlen, p, k);
+			d->hlen += (unsigned char)k, p += k, n -= k;
+			if (d->hlen < ws_head_need(d->hdr, d->hlen))
+				continue;
+			d->hlen = 0;
+			if ((code = ws_head(c)) != 0)
+				return code;
+			d->stage = DEC_PAYLOAD;
+			if (d->left > 0)
+				continue;
+		} else {
+			k = d->left < n ? (size_t)d->left : n;
+			if (d->masked) {
+				for (i = 0; i < k; i++)
+					p[i] ^= d->mask[(d->mpos + i) & 3];
+				d->mpos = (unsigned)((d->mpos + k) & 3);
+			}
+			if (d->op & 0x8) {
+				memcpy(d->ctl + d->ctllen, p, k);
+				d->ctllen += (unsigned)k;
+			} else if ((code = ws_data(c, p, k)) != 0)
+				return code;
+			d->left -= k, p += k, n -= k;
+			if (d->left > 0)
+				continue;
+		}
+		d->stage = DEC_HEAD;
+		if ((code = ws_frame_end(c)) != 0)
+			return code;
+	}
+	return 0;
+}
+
+/* ==== Connections: the I/O seam ==== */
+
+static struct conn *
+conn_new(int fd, int kind)
+{
+	struct conn *c, **v;
+	size_t cap;
+
+	if (nconns == capconns) {
+		cap = capconns ? capconns * 2 : 64;
+		if ((v = realloc(conns, cap * sizeof *v)) == NULL)
+			return NULL;
+		conns = v, capconns = cap;
+	}
+	if ((c = calloc(1, sizeof *c)) == NULL)
+		return NULL;
+	c->fd = fd;
+	c->kind = (unsigned char)kind;
+	c->id = ++next_id;
+	c->last_rx = now;
+	c->state = kind == CONN_CLIENT ? CONN_HANDSHAKE : CONN_CONNECTING;
+	conns[nconns++] = c;
+	if (kind == CONN_CLIENT)
+		nclient_conns++;
+	return c;
+}
+
+/* Close the socket and drop all state; the struct goes at the turn's end. */
+static void
+conn_kill(struct conn *c)
+{
+	if (c->state == CONN_DEAD)
+		return;
+	client_unlink(c);
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	queue_clear(&c->q, 0);
+	free(c->hs);
+	c->hs = NULL;
+	msg_unref(c->d.msg);
+	c->d.msg = NULL;
+	if (c->up != NULL && c->up->c == c)
+		c->up->c = NULL;
+	if (c->kind == CONN_CLIENT)
+		nclient_conns--;
+	c->state = CONN_DEAD;
+}
+
+/* Have conn_flush() run for c before the next poll(). */
+static void
+conn_mark(struct conn *c)
+{
+	if (!c->dirty) {
+		c->dirty = 1;
+		c->dnext = dirty;
+		dirty = c;
+	}
+}
+
+/* Read up to cap bytes: n > 0, 0 at EOF, -1 on error, -2 when nothing is there. */
+static ssize_t
+conn_read(struct conn *c, unsigned char *buf, size_t cap)
+{
+	ssize_t n;
+
+	do
+		n = recv(c->fd, buf, cap, 0);
+	while (n < 0 && errno == EINTR);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		return -2;
+	return n;
+}
+
+/*
+ * Hand as much of the queue as the kernel takes to one sendmsg() per batch.
+ * Returns -1 when the connection is broken.  In CONN_DRAIN an empty queue
+ * is followed by our FIN.
+ */
+static int
+conn_flush(struct conn *c)
+{
+	struct iovec iov[IOV_BATCH];
+	struct msghdr mh;
+	struct queue *q = &c->q;
+	struct msg *m;
+	size_t total;
+	ssize_t n;
+	unsigned k;
+
+	while (q->n > 0) {
+		total = 0;
+		for (k = 0; k < q->n && k < IOV_BATCH; k++) {
+			m = q->v[(q->head + k) & (q->cap - 1)];
+			iov[k].iov_base = m->p + (k == 0 ? q->off : 0);
+			iov[k].iov_len = m->len - (k == 0 ? q->off : 0);
+			total += iov[k].iov_len;
+		}
+		memset(&mh, 0, sizeof mh);
+		mh.msg_iov = iov;
+		mh.msg_iovlen = k;
+		n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+		queue_consume(q, (size_t)n);
+		if ((size_t)n < total)
+			return 0;	/* socket buffer full: wait for POLLOUT */
+	}
+	if (c->state == CONN_DRAIN && !c->shut) {
+		shutdown(c->fd, SHUT_WR);
+		c->shut = 1;
+	}
+	return 0;
+}
+
+/* Queue m for c; a connection that cannot take it is lost. */
+static int
+conn_queue(struct conn *c, struct msg *m, int urgent)
+{
+	if (m == NULL || queue_push(&c->q, m, urgent) < 0) {
+		msg_unref(m);
+		conn_lost(c, "out of memory");
+		return -1;
+	}
+	msg_unref(m);
+	conn_mark(c);
+	return 0;
+}
+
+static void
+conn_send_ctl(struct conn *c, int op, const void *p, size_t n)
+{
+	conn_queue(c, msg_frame(op, c->kind == CONN_UPSTREAM, p, n), 1);
+}
+
+/*
+ * Send a close frame (code 0: empty body).  Urgent: the peer broke the
+ * protocol or closed first, so pending data is dropped and we go straight
+ * to draining.  Otherwise the close follows the data and we wait for the
+ * peer's answer.
+ */
+static void
+conn_send_close(struct conn *c, unsigned code, int urgent)
+{
+	unsigned char body[2];
+
+	body[0] = (unsigned char)(code >> 8);
+	body[1] = (unsigned char)code;
+	if (urgent)
+		queue_clear(&c->q, 1);
+	if (conn_queue(c, msg_frame(WS_OP_CLOSE, c->kind == CONN_UPSTREAM,
+	    body, code ? 2 : 0), 0) < 0)
+		return;
+	c->close_code = code;
+	c->state = urgent ? CONN_DRAIN : CONN_CLOSING;
+	c->deadline = now + CLOSE_TIMEOUT_MS;
+}
+
+/* Flush what is queued, send FIN, wait for the peer's FIN (bounded). */
+static void
+conn_drain(struct conn *c)
+{
+	c->state = CONN_DRAIN;
+	c->deadline = now + CLOSE_TIMEOUT_MS;
+	conn_mark(c);
+}
+
+/* The connection broke (EOF, reset, timeout, out of memory). */
+static void
+conn_lost(struct conn *c, const char *why)
+{
+	if (c->kind == CONN_UPSTREAM && c->up != NULL &&
+	    c->state != CONN_DRAIN) {
+		upstream_fail(c->up, "%s", why);
+		return;
+	}
+	client_leave(c, why);
+	conn_kill(c);
+}
+
+/* The peer broke RFC 6455: answer with the close code it earned. */
+static void
+conn_fail(struct conn *c, int code)
+{
+	char why[64];
+
+	snprintf(why, sizeof why, "protocol error, sent close %d", code);
+	if (c->kind == CONN_UPSTREAM) {
+		conn_send_close(c, (unsigned)code, 1);
+		if (c->state != CONN_DEAD)
+			conn_flush(c);
+		upstream_fail(c->up, "%s", why);
+		return;
+	}
+	client_leave(c, why);
+	logmsg(L_DEBUG, "[%u] %s: %s", c->id, c->peer, why);
+	conn_send_close(c, (unsigned)code, 1);
+}
+
+/* Make a close reason safe for a log line. */
+static const char *
+log_clean(const unsigned char *p, size_t n)
+{
+	static char out[CTRL_MAX + 1];
+	size_t i;
+
+	for (i = 0; i < n && i < CTRL_MAX; i++)
+		out[i] = p[i] < 0x20 || p[i] == 0x7f ? '?' : (char)p[i];
+	out[i] = '\0';
+	return out;
+}
+
+/* A valid close frame arrived (code 0: it had no body). */
+static void
+conn_closed_by_peer(struct conn *c, unsigned code)
+{
+	char why[192];
+	const char *reason = log_clean(c->d.ctl + 2,
+	    c->d.ctllen > 2 ? c->d.ctllen - 2 : 0);
+
+	if (code)
+		snprintf(why, sizeof why, "close %u%s%s", code,
+		    *reason ? " " : "", reason);
+	else
+		snprintf(why, sizeof why, "close without code");
+	if (c->state == CONN_CLOSING) {
+		/* The answer to our close: the exchange is over. */
+		conn_drain(c);
+		return;
+	}
+	if (c->kind == CONN_CLIENT) {
+		client_leave(c, why);
+		conn_send_close(c, code, 1);
+		return;
+	}
+	conn_send_close(c, code, 1);
+	if (c->state != CONN_DEAD)
+		conn_flush(c);
+	if (c->up->cat) {
+		if (code != CLOSE_NORMAL)
+			logmsg(L_ERR, "%s: server sent %s", c->up->url->text, why);
+		cat_done = code == CLOSE_NORMAL ? 0 : 1;
+		return;
+	}
+	upstream_fail(c->up, "%s", why);
+}
+
+/* Bytes arrived; one read per turn for clients, a few for upstreams. */
+static void
+conn_readable(struct conn *c)
+{
+	int rounds = c->kind == CONN_UPSTREAM ? READS_PER_EVENT : 1, code;
+	unsigned char *buf;
+	size_t cap;
+	ssize_t n;
+
+	while (rounds-- > 0 && c->state != CONN_DEAD) {
+		buf = rbuf, cap = sizeof rbuf;
+		if (c->state == CONN_HANDSHAKE) {
+			if (c->hs == NULL && (c->hs = malloc(HEADER_MAX + 1)) ==
+			    NULL) {
+				conn_lost(c, "out of memory");
+				return;
+			}
+			buf = (unsigned char *)c->hs + c->hslen;
+			cap = HEADER_MAX - c->hslen;
+		}
+		if ((n = conn_read(c, buf, cap)) == -2)
+			return;
+		if (n <= 0) {
+			conn_lost(c, n == 0 ? "connection closed" :
+			    strerror(errno));
+			return;
+		}
+		c->last_rx = now;
+		switch (c->state) {
+		case CONN_HANDSHAKE:
+			c->hslen += (size_t)n;
+			if (c->kind == CONN_CLIENT)
+				client_handshake(c, (size_t)n);
+			else
+				upstream_handshake(c, (size_t)n);
+			break;
+		case CONN_OPEN:
+		case CONN_CLOSING:
+			if ((code = ws_feed(c, buf, (size_t)n)) != 0)
+				conn_fail(c, code);
+			break;
+		default:
+			break;		/* draining: discard */
+		}
+		if ((size_t)n < cap)
+			return;
+	}
+}
+
+/* poll() readiness for one connection. */
+static void
+conn_event(struct conn *c, short revents)
+{
+	int err = 0;
+	socklen_t len = sizeof err;
+
+	if (c->state == CONN_CONNECTING) {
+		if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+			err = errno;
+		if (err == 0 && !(revents & (POLLOUT | POLLERR | POLLHUP)))
+			return;
+		upstream_connect_done(c, err);
+		return;
+	}
+	/* Let the syscalls say what an error or hangup really is. */
+	if (revents & (POLLERR | POLLHUP))
+		revents |= POLLIN | POLLOUT;
+	if ((revents & POLLOUT) && c->q.n > 0 && conn_flush(c) < 0) {
+		conn_lost(c, strerror(errno));
+		return;
+	}
+	if (revents & POLLIN)
+		conn_readable(c);
+}
+
+static short
+conn_events(struct conn *c)
+{
+	if (c->state == CONN_CONNECTING)
+		return POLLOUT;
+	return (short)(POLLIN | (c->q.n > 0 ? POLLOUT : 0));
+}
+
+/* Deadlines and keepalive; returns when c next needs the clock. */
+static int64_t
+conn_timers(struct conn *c)
+{
+	int64_t next = INT64_MAX;
+
+	if (c->deadline != 0 && now >= c->deadline) {
+		logmsg(L_DEBUG, "[%u] %s: %s timed out", c->id, c->peer,
+		    c->state == CONN_HANDSHAKE ? "handshake" : "close");
+		if (c->kind == CONN_UPSTREAM && c->state != CONN_DRAIN)
+			conn_lost(c, "close timed out");
+		else
+			conn_kill(c);
+		return INT64_MAX;
+	}
+	if (c->deadline != 0)
+		next = c->deadline;
+	if (opt.ping_ms == 0 || c->state != CONN_OPEN)
+		return next;
+	if (now - c->last_rx >= 2 * (int64_t)opt.ping_ms) {
+		conn_lost(c, "ping timeout");
+		return INT64_MAX;
+	}
+	if (now >= c->ping_at) {
+		conn_send_ctl(c, WS_OP_PING, NULL, 0);
+		c->ping_at = now + opt.ping_ms;
+	}
+	next = MIN(next, c->ping_at);
+	return MIN(next, c->last_rx + 2 * (int64_t)opt.ping_ms);
+}
+
+/* Free the dead; keep the array in poll order. */
+static void
+conn_reap(void)
+{
+	size_t i, j;
+
+	for (i = j = 0; i < nconns; i++) {
+		if (conns[i]->state == CONN_DEAD)
+			free(conns[i]);
+		else
+			conns[j++] = conns[i];
+	}
+	nconns = j;
+}
+
+static void
+flush_dirty(void)
+{
+	struct conn *c;
+
+	while ((c = dirty) != NULL) {
+		dirty = c->dnext;
+		c->dirty = 0;
+		if (c->state == CONN_DEAD || c->state == CONN_CONNECTING)
+			continue;
+		if (conn_flush(c) < 0)
+			conn_lost(c, strerror(errno));
+	}
+}
+
+/* Format a socket address as "1.2.3.4:80" or "[::1]:80". */
+static void
+addr_format(const struct sockaddr *sa, char *out, size_t n)
+{
+	char host[INET6_ADDRSTRLEN];
+	const struct sockaddr_in6 *s6 = (const void *)sa;
+	const struct sockaddr_in *s4 = (const void *)sa;
+	struct in_addr v4;
+
+	if (sa->sa_family == AF_INET6 &&
+	    IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+		memcpy(&v4, s6->sin6_addr.s6_addr + 12, 4);
+		inet_ntop(AF_INET, &v4, host, sizeof host);
+		snprintf(out, n, "%s:%u", host, ntohs(s6->sin6_port));
+	} else if (sa->sa_family == AF_INET6) {
+		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
+		snprintf(out, n, "[%s]:%u", host, ntohs(s6->sin6_port));
+	} else if (sa->sa_family == AF_INET) {
+		inet_ntop(AF_INET, &s4->sin_addr, host, sizeof host);
+		snprintf(out, n, "%s:%u", host, ntohs(s4->sin_port));
+	} else
+		snprintf(out, n, "?");
+}
+
+static int
+set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+	    fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+		return -1;
+	return 0;
+}
+
+/* ==== Clients ==== */
+
+/* Take c off its route's list, logging why it left. */
+static void
+client_leave(struct conn *c, const char *why)
+{
+	struct route *r = c->route;
+
+	if (!c->joined)
+		return;
+	client_unlink(c);
+	logmsg(L_INFO, "[%u] %s disconnected from %s (%s), %u clients",
+	    c->id, c->peer, r->path, why, r->nclients);
+}
+
+static void
+client_unlink(struct conn *c)
+{
+	struct route *r = c->route;
+
+	if (!c->joined)
+		return;
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else
+		r->clients = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	c->next = c->prev = NULL;
+	c->joined = 0;
+	r->nclients--;
+	nclients_open--;
+}
+
+/* Refuse an upgrade with an HTTP status, then close. */
+static void
+client_reject(struct conn *c, int status, const char *why)
+{
+	char buf[512];
+	const char *text, *extra = "";
+	int n;
+
+	switch (status) {
+	case 404: text = "Not Found"; break;
+	case 405: text = "Method Not Allowed"; extra = "Allow: GET\r\n"; break;
+	case 426:
+		text = "Upgrade Required";
+		extra = "Sec-WebSocket-Version: 13\r\n";
+		break;
+	case 503: text = "Service Unavailable"; break;
+	default: status = 400, text = "Bad Request"; break;
+	}
+	logmsg(L_DEBUG, "[%u] %s rejected: %d %s (%s)", c->id, c->peer,
+	    status, text, why);
+	n = snprintf(buf, sizeof buf, "HTTP/1.1 %d %s\r\n%s"
+	    "Content-Type: text/plain\r\nContent-Length: %zu\r\n"
+	    "Connection: close\r\n\r\n%s\n", status, text, extra,
+	    strlen(why) + 1, why);
+	free(c->hs);
+	c->hs = NULL;
+	if (conn_queue(c, msg_raw(buf, (size_t)n), 0) == 0)
+		conn_drain(c);
+}
+
+/* Check an upgrade request (RFC 6455 4.2.1); returns 101 or an HTTP status. */
+static int
+client_check(struct conn *c, struct http *m, const char **key,
+    const char **why)
+{
+	const char *v;
+	size_t plen;
+	unsigned char raw[18];
+	int n;
+
+	*why = "not GET";
+	if (strcmp(m->method, "GET") != 0)
+		return 405;
+	*why = "not HTTP/1.1";
+	if (strcmp(m->version, "HTTP/1.1") != 0 || m->target[0] != '/')
+		return 400;
+	*why = "no such route";
+	plen = strcspn(m->target, "?");
+	if ((c->route = route_find(m->target, plen)) == NULL)
+		return 404;
+	*why = "bad Host";
+	if ((v = http_header(m, "Host", &n)) == NULL || n != 1 || *v == '\0')
+		return 400;
+	*why = "no Upgrade: websocket";
+	if (!http_has_token(http_header(m, "Upgrade", NULL), "websocket"))
+		return 400;
+	*why = "no Connection: upgrade";
+	if (!http_has_token(http_header(m, "Connection", NULL), "upgrade"))
+		return 400;
+	*why = "bad Sec-WebSocket-Key";
+	if ((*key = http_header(m, "Sec-WebSocket-Key", &n)) == NULL ||
+	    n != 1 || b64_decode(raw, sizeof raw, *key, strlen(*key)) != 16)
+		return 400;
+	*why = "not version 13";
+	if ((v = http_header(m, "Sec-WebSocket-Version", &n)) == NULL ||
+	    n != 1 || strcmp(v, "13") != 0)
+		return 426;
+	*why = "--max-clients reached";
+	if (opt.max_clients != 0 && nclients_open >= opt.max_clients)
+		return 503;
+	return 101;
+}
+
+/* Accept the upgrade and put c on its route. */
+static void
+client_join(struct conn *c, const char *key)
+{
+	struct route *r = c->route;
+	char buf[160], accept[29];
+	int n;
+
+	ws_accept_key(accept, key, strlen(key));
+	n = snprintf(buf, sizeof buf, "HTTP/1.1 101 Switching Protocols\r\n"
+	    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+	    "Sec-WebSocket-Accept: %s\r\n\r\n", accept);
+	if (conn_queue(c, msg_raw(buf, (size_t)n), 0) < 0)
+		return;
+	c->state = CONN_OPEN;
+	c->deadline = 0;
+	c->ping_at = now + opt.ping_ms;
+	c->next = r->clients;
+	if (r->clients != NULL)
+		r->clients->prev = c;
+	r->clients = c;
+	r->nclients++;
+	nclients_open++;
+	c->joined = 1;
+	logmsg(L_INFO, "[%u] %s connected to %s, %u clients", c->id, c->peer,
+	    r->path, r->nclients);
+}
+
+/* got more bytes of the request head arrived in c->hs. */
+static void
+client_handshake(struct conn *c, size_t got)
+{
+	struct http m;
+	const char *key = NULL, *why;
+	size_t from = c->hslen - got, end;
+	char save;
+	int status, code;
+
+	end = http_head_end(c->hs, c->hslen, from >= 3 ? from - 3 : 0);
+	if (end == 0) {
+		if (c->hslen >= HEADER_MAX)
+			client_reject(c, 400, "request head too large");
+		return;
+	}
+	save = c->hs[end];
+	if (http_parse(c->hs, end, &m, 0) < 0) {
+		client_reject(c, 400, "malformed request");
+		return;
+	}
+	if ((status = client_check(c, &m, &key, &why)) != 101) {
+		client_reject(c, status, why);
+		return;
+	}
+	client_join(c, key);
+	if (c->state != CONN_OPEN)
+		return;
+	/* Frames pipelined behind the request are ours to decode. */
+	c->hs[end] = save;
+	if (c->hslen > end &&
+	    (code = ws_feed(c, (unsigned char *)c->hs + end, c->hslen - end)))
+		conn_fail(c, code);
+	free(c->hs);
+	c->hs = NULL;
+}
+
+/* Queue one shared message to every open client of r. */
+static void
+broadcast(struct route *r, struct msg *m)
+{
+	struct conn *c, *next;
+
+	for (c = r->clients; c != NULL; c = next) {
+		next = c->next;
+		if (c->q.bytes > 0 && c->q.bytes + m->len > opt.max_queue) {
+			logmsg(L_INFO, "[%u] %s slow client dropped: %zu bytes "
+			    "unsent, over --max-queue %zu", c->id, c->peer,
+			    c->q.bytes, opt.max_queue);
+			client_leave(c, "slow client");
+			conn_kill(c);
+			continue;
+		}
+		if (queue_push(&c->q, m, 0) < 0) {
+			client_leave(c, "out of memory");
+			conn_kill(c);
+			continue;
+		}
+		conn_mark(c);
+	}
+}
+
+/* Accept one client; -1 when there is nobody left to accept. */
+static int
+accept_one(void)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	struct conn *c;
+	int fd, one = 1;
+
+	if ((fd = accept(listen_fd, (struct sockaddr *)&ss, &len)) < 0) {
+		if (errno == EINTR || errno == ECONNABORTED)
+			return 0;
+		if (errno != EMFILE && errno != ENFILE && errno != ENOBUFS &&
+		    errno != ENOMEM)
+			return -1;
+		/* Out of descriptors: refuse one with the spare, or pause. */
+		if (now - emfile_logged >= 1000) {
+			logmsg(L_ERR, "accept: %s; refusing clients",
+			    strerror(errno));
+			emfile_logged = now;
+		}
+		if (spare_fd >= 0) {
+			close(spare_fd);
+			if ((fd = accept(listen_fd, NULL, NULL)) >= 0)
+				close(fd);
+			spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		}
+		if (spare_fd < 0)
+			listen_pause = now + 100;
+		return -1;
+	}
+	if (set_nonblock(fd) < 0 || (c = conn_new(fd, CONN_CLIENT)) == NULL) {
+		close(fd);
+		return 0;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	addr_format((struct sockaddr *)&ss, c->peer, sizeof c->peer);
+	c->deadline = now + HANDSHAKE_TIMEOUT_MS;
+	logmsg(L_DEBUG, "[%u] %s accepted", c->id, c->peer);
+	return 0;
+}
+
+/* ==== Upstreams ==== */
+
+/* Resolver thread: the one blocking call wsfwd makes, off the loop. */
+static void *
+dns_thread(void *arg)
+{
+	struct dnsreq *q = arg;
+	struct addrinfo hints;
+	ssize_t n;
+
+	memset(&hints, 0, sizeof hints);
+	hints.ai_socktype = SOCK_STREAM;
+	q->err = getaddrinfo(q->host, q->port, &hints, &q->ai);
+	do
+		n = write(wake_pipe[1], &q, sizeof q);
+	while (n < 0 && errno == EINTR);
+	return NULL;
+}
+
+/* Answers from resolver threads (and wake-ups from signal handlers). */
+static void
+dns_done(void)
+{
+	struct dnsreq *q;
+	struct upstream *u;
+	ssize_t n;
+
+	while ((n = read(wake_pipe[0], &q, sizeof q)) == (ssize_t)sizeof q) {
+		if (q == NULL)
+			continue;	/* a signal */
+		if ((u = q->u) == NULL) {
+			if (q->err == 0)
+				freeaddrinfo(q->ai);
+			free(q);
+			continue;
+		}
+		u->dq = NULL;
+		if (q->err != 0) {
+			upstream_fail(u, "lookup %s: %s", q->host,
+			    gai_strerror(q->err));
+			free(q);
+			continue;
+		}
+		u->ai = u->next_ai = q->ai;
+		free(q);
+		upstream_try(u);
+	}
+}
+
+/* Begin a connection attempt: resolve (numeric at once, names in a thread). */
+static void
+upstream_start(struct upstream *u)
+{
+	struct addrinfo hints, *res;
+	struct dnsreq *q;
+	pthread_attr_t attr;
+	pthread_t t;
+	sigset_t all, old;
+	int e;
+
+	u->retry_at = 0;
+	u->deadline = now + HANDSHAKE_TIMEOUT_MS;
+	snprintf(u->why, sizeof u->why, "no address");
+	logmsg(L_DEBUG, "upstream %s: connecting to %s", u->route->path,
+	    u->url->text);
+	memset(&hints, 0, sizeof hints);
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+	if (getaddrinfo(u->url->host, u->url->port, &hints, &res) == 0) {
+		u->ai = u->next_ai = res;
+		upstream_try(u);
+		return;
+	}
+	if ((q = calloc(1, sizeof *q)) == NULL) {
+		upstream_fail(u, "out of memory");
+		return;
+	}
+	q->u = u;
+	snprintf(q->host, sizeof q->host, "%s", u->url->host);
+	snprintf(q->port, sizeof q->port, "%s", u->url->port);
+	/* Signals belong to the loop's thread, so that poll() sees EINTR. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	e = pthread_create(&t, &attr, dns_thread, q);
+	pthread_attr_destroy(&attr);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (e != 0) {
+		free(q);
+		upstream_fail(u, "cannot start resolver: %s", strerror(e));
+		return;
+	}
+	u->dq = q;
+}
+
+/* Connect to the next address of the lookup; fail when none is left. */
+static void
+upstream_try(struct upstream *u)
+{
+	struct addrinfo *ai;
+	struct conn *c;
+	char peer[56];
+	int fd, r;
+
+	while ((ai = u->next_ai) != NULL) {
+		u->next_ai = ai->ai_next;
+		addr_format(ai->ai_addr, peer, sizeof peer);
+		if ((fd = socket(ai->ai_family, SOCK_STREAM, 0)) < 0 ||
+		    set_nonblock(fd) < 0) {
+			snprintf(u->why, sizeof u->why, "socket: %s",
+			    strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			continue;
+		}
+		do
+			r = connect(fd, ai->ai_addr, ai->ai_addrlen);
+		while (r < 0 && errno == EINTR);
+		if (r < 0 && errno != EINPROGRESS) {
+			snprintf(u->why, sizeof u->why, "connect %s: %s", peer,
+			    strerror(errno));
+			close(fd);
+			continue;
+		}
+		if ((c = conn_new(fd, CONN_UPSTREAM)) == NULL) {
+			close(fd);
+			break;
+		}
+		c->up = u;
+		c->route = u->route;
+		snprintf(c->peer, sizeof c->peer, "%s", peer);
+		u->c = c;
+		if (r == 0)
+			upstream_connect_done(c, 0);
+		return;
+	}
+	upstream_fail(u, "%s", u->why);
+}
+
+/* The non-blocking connect() finished; on success send the upgrade. */
+static void
+upstream_connect_done(struct conn *c, int err)
+{
+	struct upstream *u = c->up;
+	unsigned char raw[16];
+	char key[25], buf[HEADER_MAX];
+	int n, one = 1;
+
+	if (err != 0) {
+		snprintf(u->why, sizeof u->why, "connect %s: %s", c->peer,
+		    strerror(err));
+		conn_kill(c);
+		upstream_try(u);
+		return;
+	}
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	/* 4.1: a fresh random 16-byte nonce, base64-encoded. */
+	rand_bytes(raw, sizeof raw);
+	b64_encode(key, raw, sizeof raw);
+	ws_accept_key(u->accept, key, strlen(key));
+	n = snprintf(buf, sizeof buf, "GET %s HTTP/1.1\r\nHost: %s\r\n"
+	    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+	    "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+	    "User-Agent: wsfwd/" VERSION "\r\n\r\n", u->url->target,
+	    u->url->hosthdr, key);
+	if (n < 0 || n >= (int)sizeof buf) {
+		upstream_fail(u, "URL too long for a request");
+		return;
+	}
+	c->state = CONN_HANDSHAKE;
+	conn_queue(c, msg_raw(buf, (size_t)n), 0);
+}
+
+/* Check the server's answer to our upgrade (RFC 6455 4.1, 4.2.2). */
+static const char *
+upstream_check(struct upstream *u, struct http *m)
+{
+	static char why[96];
+	const char *v;
+
+	if (m->status != 101) {
+		snprintf(why, sizeof why, "handshake refused: HTTP %d %.60s",
+		    m->status, log_clean((unsigned char *)m->reason,
+		    strlen(m->reason)));
+		return why;
+	}
+	if (!http_has_token(http_header(m, "Upgrade", NULL), "websocket"))
+		return "handshake: no Upgrade: websocket";
+	if (!http_has_token(http_header(m, "Connection", NULL), "upgrade"))
+		return "handshake: no Connection: upgrade";
+	if ((v = http_header(m, "Sec-WebSocket-Accept", NULL)) == NULL ||
+	    strcmp(v, u->accept) != 0)
+		return "handshake: wrong Sec-WebSocket-Accept";
+	/* We asked for no extension and no subprotocol. */
+	if (http_header(m, "Sec-WebSocket-Extensions", NULL) != NULL)
+		return "handshake: unrequested extension";
+	if (http_header(m, "Sec-WebSocket-Protocol", NULL) != NULL)
+		return "handshake: unrequested subprotocol";
+	return NULL;
+}
+
+/* More of the server's response head arrived in c->hs. */
+static void
+upstream_handshake(struct conn *c, size_t got)
+{
+	struct upstream *u = c->up;
+	struct http m;
+	const char *why;
+	size_t from = c->hslen - got, end;
+	char save;
+	int code;
+
+	end = http_head_end(c->hs, c->hslen, from >= 3 ? from - 3 : 0);
+	if (end == 0) {
+		if (c->hslen >= HEADER_MAX)
+			upstream_fail(u, "handshake: response head too large");
+		return;
+	}
+	save = c->hs[end];
+	if (http_parse(c->hs, end, &m, 1) < 0) {
+		upstream_fail(u, "handshake: malformed response");
+		return;
+	}
+	if ((why = upstream_check(u, &m)) != NULL) {
+		upstream_fail(u, "%s", why);
+		return;
+	}
+	c->state = CONN_OPEN;
+	c->ping_at = now + opt.ping_ms;
+	u->up_since = now;
+	u->deadline = 0;
+	u->delivered = 0;
+	freeaddrinfo(u->ai);
+	u->ai = u->next_ai = NULL;
+	logmsg(u->cat ? L_DEBUG : L_INFO, "upstream %s: connected to %s (%s)",
+	    u->route->path, u->url->text, c->peer);
+	/* Frames that came in the same read as the 101 are the first data. */
+	c->hs[end] = save;
+	if (c->hslen > end &&
+	    (code = ws_feed(c, (unsigned char *)c->hs + end, c->hslen - end)))
+		conn_fail(c, code);
+	if (c->state != CONN_DEAD) {
+		free(c->hs);
+		c->hs = NULL;
+	}
+}
+
+/* A whole message came from upstream. */
+static void
+upstream_deliver(struct upstream *u, struct msg *m)
+{
+	u->delivered = 1;
+	if (u->cat)
+		cat_deliver(m);
+	else
+		broadcast(u->route, m);
+}
+
+/*
+ * The upstream is gone or could not be reached: drop the connection and
+ * schedule a retry.  Its clients stay.  Backoff: the first retry within a
+ * second, doubling to RETRY_MAX_MS, jittered so that many routes do not
+ * come back in step; fast again after a connection that proved healthy.
+ */
+static void
+upstream_fail(struct upstream *u, const char *fmt, ...)
+{
+	char why[256];
+	va_list ap;
+	int d;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof why, fmt, ap);
+	va_end(ap);
+	if (u->c != NULL)
+		conn_kill(u->c);
+	if (u->dq != NULL)
+		u->dq->u = NULL;	/* the thread's answer is freed on arrival */
+	u->dq = NULL;
+	if (u->ai != NULL)
+		freeaddrinfo(u->ai);
+	u->ai = u->next_ai = NULL;
+	u->deadline = 0;
+	if (u->cat) {
+		if (cat_done < 0) {
+			logmsg(L_ERR, "%s: %s", u->url->text, why);
+			cat_done = 1;
+		}
+		return;
+	}
+	if (exit_at != 0)
+		return;
+	if (u->up_since != 0 && (u->delivered ||
+	    now - u->up_since >= HEALTHY_MS))
+		u->backoff_ms = 0;
+	u->up_since = 0;
+	u->backoff_ms = u->backoff_ms == 0 ? RETRY_MIN_MS :
+	    MIN(u->backoff_ms * 2, RETRY_MAX_MS);
+	d = u->backoff_ms / 2 + (int)(rand_u32() % (unsigned)(u->backoff_ms / 2 + 1));
+	u->retry_at = now + d;
+	logmsg(L_INFO, "upstream %s: lost: %s; retry in %.1f s",
+	    u->route->path, why, d / 1000.0);
+}
+
+/* Retry and connect deadlines; returns when u next needs the clock. */
+static int64_t
+upstream_timers(struct upstream *u)
+{
+	const char *phase;
+
+	if (exit_at != 0)
+		return INT64_MAX;
+	if (u->retry_at != 0 && now >= u->retry_at)
+		upstream_start(u);
+	if (u->deadline != 0 && now >= u->deadline) {
+		phase = u->dq != NULL ? "name lookup" : u->c == NULL ||
+		    u->c->state == CONN_CONNECTING ? "connect" : "handshake";
+		upstream_fail(u, "%s timed out", phase);
+	}
+	if (u->retry_at != 0)
+		return u->retry_at;
+	return u->deadline != 0 ? u->deadline : INT64_MAX;
+}
+
+/* --cat: one message, one line on stdout. */
+static void
+cat_deliver(struct msg *m)
+{
+	unsigned char *pl = m->data + FRAME_HEAD;
+	struct iovec iov[2];
+	struct pollfd pfd;
+	ssize_t n;
+
+	iov[0].iov_base = pl;
+	iov[0].iov_len = m->len - (size_t)(pl - m->p);
+	iov[1].iov_base = "\n";
+	iov[1].iov_len = 1;
+	while (iov[1].iov_len > 0) {
+		n = writev(STDOUT_FILENO, iov[0].iov_len ? iov : iov + 1,
+		    iov[0].iov_len ? 2 : 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN) {
+			pfd.fd = STDOUT_FILENO;
+			pfd.events = POLLOUT;
+			poll(&pfd, 1, 1000);
+			continue;
+		}
+		if (n < 0 && errno == EPIPE)
+			exit(0);	/* the reader has had enough */
+		if (n < 0)
+			die("stdout:");
+		if ((size_t)n >= iov[0].iov_len) {
+			n -= (ssize_t)iov[0].iov_len;
+			iov[0].iov_len = 0;
+			iov[1].iov_len -= (size_t)n;
+		} else {
+			iov[0].iov_base = (char *)iov[0].iov_base + n;
+			iov[0].iov_len -= (size_t)n;
+		}
+	}
+}
+
+/* ==== Routes and stdin ==== */
+
+static struct route *
+route_find(const char *path, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < nroutes; i++)
+		if (!routes[i].done && strlen(routes[i].path) == n &&
+		    memcmp(routes[i].path, path, n) == 0)
+			return &routes[i];
+	return NULL;
+}
+
+/* A source ended: every client gets close 1000 after what it has queued. */
+static void
+route_end(struct route *r)
+{
+	struct conn *c;
+
+	r->done = 1;
+	logmsg(L_INFO, "route %s: end of input, closing %u clients", r->path,
+	    r->nclients);
+	while ((c = r->clients) != NULL) {
+		client_leave(c, "end of input");
+		conn_send_close(c, CLOSE_NORMAL, 0);
+	}
+}
+
+/* One line of stdin becomes one text message. */
+static void
+stdin_line(struct route *r, const unsigned char *p, size_t n)
+{
+	uint32_t st = 0;
+	struct msg *m;
+
+	r->lineno++;
+	if (n > opt.max_message) {
+		logmsg(L_ERR, "stdin line %lu: longer than --max-message, "
+		    "skipped", r->lineno);
+		return;
+	}
+	if (utf8_check(&st, p, n) < 0 || (st & 0xff) != 0) {
+		logmsg(L_ERR, "stdin line %lu: not UTF-8, skipped", r->lineno);
+		return;
+	}
+	if ((m = msg_new(n)) == NULL) {
+		logmsg(L_ERR, "stdin line %lu: out of memory, skipped",
+		    r->lineno);
+		return;
+	}
+	memcpy(m->data + FRAME_HEAD, p, n);
+	msg_seal(m, WS_OP_TEXT, n);
+	broadcast(r, m);
+	msg_unref(m);
+}
+
+/* Keep a partial line for the next read; lines too long are dropped. */
+static void
+stdin_keep(struct route *r, const unsigned char *p, size_t n)
+{
+	size_t cap;
+	unsigned char *v;
+
+	if (r->linelen + n > opt.max_message) {
+		r->linelen = opt.max_message + 1;	/* skip to newline */
+		return;
+	}
+	if (r->linelen + n > r->linecap) {
+		cap = MIN(MAX(r->linecap * 2, r->linelen + n), opt.max_message);
+		if ((v = realloc(r->line, cap)) == NULL) {
+			r->linelen = opt.max_message + 1;
+			return;
+		}
+		r->line = v, r->linecap = cap;
+	}
+	memcpy(r->line + r->linelen, p, n);
+	r->linelen += n;
+}
+
+/* stdin is readable: read once, never through stdio. */
+static void
+stdin_read(struct route *r)
+{
+	unsigned char *p, *nl, *end;
+	ssize_t n;
+
+	n = read(STDIN_FILENO, rbuf, sizeof rbuf);
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return;
+	if (n < 0)
+		logmsg(L_ERR, "stdin: %s", strerror(errno));
+	if (n <= 0) {
+		if (r->linelen > 0)	/* a last line without newline */
+			stdin_line(r, r->line, r->linelen);
+		free(r->line);
+		r->line = NULL;
+		r->linelen = r->linecap = 0;
+		route_end(r);
+		return;
+	}
+	for (p = rbuf, end = rbuf + n; (nl = memchr(p, '\n',
+	    (size_t)(end - p))) != NULL; p = nl + 1) {
+		if (r->linelen == 0) {
+			stdin_line(r, p, (size_t)(nl - p));
+			continue;
+		}
+		stdin_keep(r, p, (size_t)(nl - p));
+		stdin_line(r, r->line, r->linelen);
+		r->linelen = 0;
+	}
+	if (p < end)
+		stdin_keep(r, p, (size_t)(end - p));
+}
+
+/* ==== Event loop ==== */
+
+static void
+on_signal(int sig)
+{
+	int e = errno;
+	void *wake = NULL;
+
+	(void)sig;
+	quit = 1;
+	/* Wake poll() even if the signal landed just before it was entered. */
+	if (write(wake_pipe[1], &wake, sizeof wake) < 0)
+		(void)0;
+	errno = e;
+}
+
+static void
+signal_setup(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, NULL);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+}
+
+/* SIGTERM/SIGINT: clients get close 1001, upstreams are told, we leave. */
+static void
+shutdown_begin(void)
+{
+	struct conn *c;
+	size_t i;
+
+	exit_at = now + SHUTDOWN_MS;
+	logmsg(L_INFO, "shutting down");
+	if (listen_fd >= 0)
+		close(listen_fd);
+	listen_fd = -1;
+	for (i = 0; i < nconns; i++) {
+		c = conns[i];
+		if (c->state == CONN_OPEN) {
+			client_leave(c, "shutting down");
+			conn_send_close(c, CLOSE_GOING_AWAY,
+			    c->kind == CONN_UPSTREAM);
+		} else if (c->state == CONN_HANDSHAKE ||
+		    c->state == CONN_CONNECTING)
+			conn_kill(c);
+	}
+}
+
+/* Run every timer that is due; returns the nearest one still ahead. */
+static int64_t
+timers(void)
+{
+	int64_t next = exit_at ? exit_at : INT64_MAX, t;
+	size_t i;
+
+	for (i = 0; i < nroutes; i++)
+		if (routes[i].up != NULL &&
+		    (t = upstream_timers(routes[i].up)) < next)
+			next = t;
+	for (i = 0; i < nconns; i++)
+		if (conns[i]->state != CONN_DEAD &&
+		    (t = conn_timers(conns[i])) < next)
+			next = t;
+	if (listen_pause != 0 && listen_pause < next)
+		next = listen_pause;
+	return next;
+}
+
+/* Is there a reason to stay? */
+static int
+should_exit(void)
+{
+	size_t i;
+
+	if (cat_done >= 0) {
+		exit_status = cat_done;
+		return 1;
+	}
+	if (exit_at != 0)
+		return nclient_conns == 0 || now >= exit_at;
+	if (opt.cat != NULL)
+		return 0;
+	for (i = 0; i < nroutes; i++)
+		if (!routes[i].done)
+			return 0;
+	return nclient_conns == 0;
+}
+
+static void
+loop(void)
+{
+	struct pollfd *pfd = NULL, *v;
+	size_t cap = 0, n, i;
+	int64_t wake;
+	int timeout, k;
+
+	for (;;) {
+		now = now_ms();
+		if (quit && exit_at == 0)
+			shutdown_begin();
+		wake = timers();
+		flush_dirty();
+		conn_reap();
+		if (should_exit())
+			break;
+		if (cap < POLL_FIXED + nconns) {
+			cap = (POLL_FIXED + nconns) * 2;
+			if ((v = realloc(pfd, cap * sizeof *v)) == NULL)
+				die("out of memory");
+			pfd = v;
+		}
+		if (listen_pause != 0 && now >= listen_pause)
+			listen_pause = 0;
+		pfd[POLL_LISTEN].fd = listen_pause ? -1 : listen_fd;
+		pfd[POLL_DNS].fd = wake_pipe[0];
+		pfd[POLL_STDIN].fd = stdin_route != NULL && !stdin_route->done &&
+		    exit_at == 0 ? STDIN_FILENO : -1;
+		for (i = 0; i < POLL_FIXED; i++)
+			pfd[i].events = POLLIN;
+		for (n = nconns, i = 0; i < n; i++) {
+			pfd[POLL_FIXED + i].fd = conns[i]->fd;
+			pfd[POLL_FIXED + i].events = conn_events(conns[i]);
+		}
+		timeout = wake == INT64_MAX ? -1 :
+		    (int)MIN(MAX(wake - now, 0), INT_MAX);
+		if ((k = poll(pfd, POLL_FIXED + n, timeout)) < 0) {
+			if (errno == EINTR)
+				continue;
+			die("poll:");
+		}
+		now = now_ms();
+		if (pfd[POLL_DNS].revents)
+			dns_done();
+		if (pfd[POLL_STDIN].revents && stdin_route != NULL &&
+		    !stdin_route->done)
+			stdin_read(stdin_route);
+		/* A conn closed by an earlier event in this turn is DEAD. */
+		for (i = 0; i < n; i++)
+			if (pfd[POLL_FIXED + i].revents &&
+			    conns[i]->state != CONN_DEAD)
+				conn_event(conns[i], pfd[POLL_FIXED + i].revents);
+		if (pfd[POLL_LISTEN].revents && listen_fd >= 0)
+			for (k = 0; k < ACCEPT_BATCH && accept_one() == 0; k++)
+				;
+		flush_dirty();
+	}
+	free(pfd);
+}
+
+/* ==== Setup ==== */
+
+static void
+listen_setup(void)
+{
+	struct addrinfo hints, *res = NULL;
+	struct sockaddr_storage ss;
+	struct sockaddr_in6 any6;
+	struct sockaddr_in any4;
+	socklen_t len = sizeof ss;
+	const struct sockaddr *sa;
+	socklen_t salen;
+	char name[56];
+	int fd = -1, one = 1, zero = 0, e;
+
+	if (opt.listen_host != NULL) {
+		memset(&hints, 0, sizeof hints);
+		hints.ai_socktype = SOCK_STREAM;
+		hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+		if ((e = getaddrinfo(opt.listen_host, opt.listen_port, &hints,
+		    &res)) != 0)
+			usage_error("listen address %s: %s", opt.listen_host,
+			    gai_strerror(e));
+		fd = socket(res->ai_family, SOCK_STREAM, 0);
+		sa = res->ai_addr, salen = res->ai_addrlen;
+	} else {
+		/* Every interface: one dual-stack socket where IPv6 exists. */
+		memset(&any6, 0, sizeof any6);
+		any6.sin6_family = AF_INET6;
+		any6.sin6_addr = in6addr_any;
+		any6.sin6_port = htons((unsigned short)atoi(opt.listen_port));
+		memset(&any4, 0, sizeof any4);
+		any4.sin_family = AF_INET;
+		any4.sin_addr.s_addr = htonl(INADDR_ANY);
+		any4.sin_port = any6.sin6_port;
+		if ((fd = socket(AF_INET6, SOCK_STREAM, 0)) >= 0) {
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero,
+			    sizeof zero);
+			sa = (struct sockaddr *)&any6, salen = sizeof any6;
+		} else {
+			fd = socket(AF_INET, SOCK_STREAM, 0);
+			sa = (struct sockaddr *)&any4, salen = sizeof any4;
+		}
+	}
+	if (fd < 0)
+		die("socket:");
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (bind(fd, sa, salen) < 0 || listen(fd, SOMAXCONN) < 0 ||
+	    set_nonblock(fd) < 0)
+		die("listen on %s:%s:", opt.listen_host ? opt.listen_host : "*",
+		    opt.listen_port);
+	if (res != NULL)
+		freeaddrinfo(res);
+	getsockname(fd, (struct sockaddr *)&ss, &len);
+	addr_format((struct sockaddr *)&ss, name, sizeof name);
+	logmsg(L_INFO, "listening on %s", name);
+	listen_fd = fd;
+}
+
+/* Parse ws://host[:port]/path?query; err gets a reason on failure. */
+static int
+url_parse(struct url *u, const char *s, char *err, size_t errlen)
+{
+	const char *p, *h, *he, *q;
+	char num[8];
+	size_t hl, pl;
+	unsigned long port = 80;
+
+	memset(u, 0, sizeof *u);
+	if (strncmp(s, "wss://", 6) == 0) {
+		snprintf(err, errlen, "wss:// URLs need TLS, which this wsfwd "
+		    "does not have yet");
+		return -1;
+	}
+	if (strncmp(s, "ws://", 5) != 0) {
+		snprintf(err, errlen, "URL must start with ws://");
+		return -1;
+	}
+	for (p = s; *p != '\0'; p++)
+		if ((unsigned char)*p <= 0x20 || *p == 0x7f || *p == '#') {
+			snprintf(err, errlen, "URL has a space, control "
+			    "character or fragment");
+			return -1;
+		}
+	h = s + 5;
+	he = h + strcspn(h, "/?");
+	if (memchr(h, '@', (size_t)(he - h)) != NULL) {
+		snprintf(err, errlen, "URL must not carry user:password@");
+		return -1;
+	}
+	if (*h == '[') {
+		if ((q = memchr(h, ']', (size_t)(he - h))) == NULL)
+			goto bad;
+		hl = (size_t)(q - h - 1);
+		memcpy(u->host, h + 1, MIN(hl, sizeof u->host - 1));
+		p = q + 1;
+	} else {
+		p = h + strcspn(h, ":/?");
+		hl = (size_t)(p - h);
+		memcpy(u->host, h, MIN(hl, sizeof u->host - 1));
+	}
+	if (hl == 0 || hl >= sizeof u->host)
+		goto bad;
+	if (*p == ':') {
+		if ((pl = (size_t)(he - p - 1)) == 0 || pl >= sizeof num)
+			goto bad;
+		memcpy(num, p + 1, pl);
+		num[pl] = '\0';
+		if (parse_uint(num, 65535, &port) < 0 || port == 0)
+			goto bad;
+	} else if (p != he)
+		goto bad;
+	snprintf(u->port, sizeof u->port, "%lu", port);
+	snprintf(u->hosthdr, sizeof u->hosthdr, "%s%s%s%s%s",
+	    *h == '[' ? "[" : "", u->host, *h == '[' ? "]" : "",
+	    port != 80 ? ":" : "", port != 80 ? u->port : "");
+	/* "" and "?q" get the "/" a request line needs. */
+	pl = strlen(he) + 2;
+	if ((u->target = malloc(pl)) == NULL)
+		die("out of memory");
+	snprintf(u->target, pl, "%s%s", *he == '/' ? "" : "/", he);
+	if ((u->text = strdup(s)) == NULL)
+		die("out of memory");
+	return 0;
+bad:
+	snprintf(err, errlen, "bad host or port in URL");
+	return -1;
+}
+
+/* ==== Options ==== */
+
+static void
+usage(FILE *f)
+{
+	fputs(
+"usage: wsfwd [options] ROUTE...\n"
+"       wsfwd --cat URL\n"
+"\n"
+"Forward WebSocket feeds: one upstream connection per route, every message\n"
+"re-sent unchanged to every client of that route.\n"
+"\n"
+"ROUTE is [PATH=]URL.  URL is ws://HOST[:PORT]/PATH[?QUERY], or - for stdin\n"
+"(one text message per line; at EOF clients get close 1000).  PATH, the path\n"
+"clients ask for, defaults to the URL's path (/ for -).\n"
+"\n"
+"  -l, --listen [ADDR:]PORT  where clients connect (default 127.0.0.1:19443;\n"
+"                            PORT alone: every interface, IPv6 too)\n"
+"      --max-message BYTES   largest message from any peer, K/M/G suffixes\n"
+"                            (default 16M; larger: close 1009)\n"
+"      --max-queue BYTES     unsent bytes a client may fall behind before it\n"
+"                            is dropped (default 1M)\n"
+"      --max-clients N       clients beyond N get HTTP 503 (default: no limit)\n"
+"      --ping SECONDS        ping clients and upstreams this often; drop a peer\n"
+"                            silent for two intervals (default 30, 0: off)\n"
+"      --cat URL             print each message of URL as a line on stdout;\n"
+"                            exit 0 when the server closes normally\n"
+"  -q, --quiet               log errors only\n"
+"  -v, --verbose             log protocol detail too (twice: more)\n"
+"  -h, --help                this text\n"
+"      --version             print the version\n"
+"\n"
+"Exit status: 0 after SIGTERM/SIGINT or when every stdin route has ended,\n"
+"1 on a runtime failure, 2 on bad arguments.\n"
+"\n"
+"example: wsfwd /ws=ws://feed.example:8080/ws    then clients open\n"
+"         ws://127.0.0.1:19443/ws\n", f);
+}
+
+/* A positive decimal no larger than max; -1 on anything else. */
+static int
+parse_uint(const char *s, unsigned long max, unsigned long *out)
+{
+	unsigned long v = 0;
+	unsigned d;
+
+	if (*s == '\0')
+		return -1;
+	for (; *s != '\0'; s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		d = (unsigned)(*s - '0');
+		if (d > max || v > (max - d) / 10)
+			return -1;
+		v = v * 10 + d;
+	}
+	*out = v;
+	return 0;
+}
+
+/* BYTES with an optional K, M or G (powers of 1024); 1..SIZE_LIMIT. */
+static int
+parse_size(const char *s, size_t *out)
+{
+	char num[24];
+	size_t n = strlen(s), shift = 0;
+	unsigned long v;
+
+	if (n > 0 && strchr("kKmMgG", s[n - 1]) != NULL) {
+		shift = strchr("kK", s[n - 1]) ? 10 : strchr("mM", s[n - 1]) ?
+		    20 : 30;
+		n--;
+	}
+	if (n == 0 || n >= sizeof num)
+		return -1;
+	memcpy(num, s, n);
+	num[n] = '\0';
+	if (parse_uint(num, SIZE_LIMIT >> shift, &v) < 0 || v == 0)
+		return -1;
+	*out = (size_t)v << shift;
+	return 0;
+}
+
+/* Add a route from [PATH=]URL; any mistake is a usage error. */
+static void
+route_add(char *arg)
+{
+	struct route *r;
+	char err[128], *eq, *src = arg, *path = NULL;
+	size_t i;
+
+	if ((r = realloc(routes, (nroutes + 1) * sizeof *r)) == NULL)
+		die("out of memory");
+	routes = r;
+	r = &routes[nroutes];
+	memset(r, 0, sizeof *r);
+	if (arg[0] == '/') {
+		if ((eq = strchr(arg, '=')) == NULL)
+			usage_error("route %s: expected PATH=URL", arg);
+		*eq = '\0';
+		path = arg;
+		src = eq + 1;
+	}
+	if (strcmp(src, "-") == 0) {
+		if (stdin_route != NULL)
+			usage_error("route %s: only one route can read stdin",
+			    arg);
+		r->is_stdin = 1;
+		r->path = strdup(path ? path : "/");
+	} else {
+		if (url_parse(&r->url, src, err, sizeof err) < 0)
+			usage_error("route %s: %s", src, err);
+		r->path = path ? strdup(path) :
+		    strndup(r->url.target, strcspn(r->url.target, "?"));
+	}
+	if (r->path == NULL)
+		die("out of memory");
+	for (i = 0; r->path[i] != '\0'; i++)
+		if ((unsigned char)r->path[i] <= 0x20 || r->path[i] == '?' ||
+		    r->path[i] == 0x7f)
+			usage_error("route path %s: no spaces, controls or ?",
+			    r->path);
+	for (i = 0; i < nroutes; i++)
+		if (strcmp(routes[i].path, r->path) == 0)
+			usage_error("route path %s given twice", r->path);
+	nroutes++;
+}
+
+/* [ADDR:]PORT, ADDR possibly [v6]. */
+static void
+listen_parse(char *s)
+{
+	char *colon = strrchr(s, ':'), *host = NULL, *port = s;
+	unsigned long v;
+	size_t n;
+
+	if (colon != NULL) {
+		*colon = '\0';
+		host = s, port = colon + 1;
+		n = strlen(host);
+		if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+			host[n - 1] = '\0';
+			host++;
+		}
+		if (*host == '\0' || strcmp(host, "*") == 0)
+			host = NULL;
+	}
+	if (parse_uint(port, 65535, &v) < 0 || v == 0)
+		usage_error("--listen: bad port '%s'", port);
+	opt.listen_host = host;
+	opt.listen_port = port;
+}
+
+static void
+options_parse(int argc, char **argv)
+{
+	enum { O_MAXMSG = 256, O_MAXQ, O_MAXCL, O_PING, O_VERSION, O_CAT };
+	static const struct option longopts[] = {
+		{ "listen", required_argument, NULL, 'l' },
+		{ "max-message", required_argument, NULL, O_MAXMSG },
+		{ "max-queue", required_argument, NULL, O_MAXQ },
+		{ "max-clients", required_argument, NULL, O_MAXCL },
+		{ "ping", required_argument, NULL, O_PING },
+		{ "cat", required_argument, NULL, O_CAT },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, O_VERSION },
+		{ NULL, 0, NULL, 0 }
+	};
+	static char dflt[] = DEFAULT_ADDR ":" DEFAULT_PORT;
+	unsigned long v;
+	int ch, quiet = 0, verbose = 0, i;
+	char err[128];
+
+	opt.max_message = LINE_MAX_DEFAULT;
+	opt.max_queue = MAX_QUEUE_DEFAULT;
+	opt.ping_ms = PING_DEFAULT_S * 1000;
+	listen_parse(dflt);
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, ":l:qvh", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'l':
+			listen_parse(optarg);
+			break;
+		case O_MAXMSG:
+			if (parse_size(optarg, &opt.max_message) < 0)
+				usage_error("--max-message: bad size '%s'", optarg);
+			break;
+		case O_MAXQ:
+			if (parse_size(optarg, &opt.max_queue) < 0)
+				usage_error("--max-queue: bad size '%s'", optarg);
+			break;
+		case O_MAXCL:
+			if (parse_uint(optarg, 1000000, &v) < 0 || v == 0)
+				usage_error("--max-clients: bad number '%s'",
+				    optarg);
+			opt.max_clients = (unsigned)v;
+			break;
+		case O_PING:
+			if (parse_uint(optarg, 86400, &v) < 0)
+				usage_error("--ping: bad seconds '%s'", optarg);
+			opt.ping_ms = (int)v * 1000;
+			break;
+		case O_CAT:
+			opt.cat = optarg;
+			break;
+		case 'q':
+			quiet = 1;
+			break;
+		case 'v':
+			verbose++;
+			break;
+		case 'h':
+			usage(stdout);
+			exit(0);
+		case O_VERSION:
+			puts("wsfwd " VERSION);
+			exit(0);
+		case ':':
+			usage_error("option %s needs a value", argv[optind - 1]);
+			break;
+		default:
+			if (optopt != 0)
+				usage_error("unknown option -%c", optopt);
+			usage_error("unknown option %s", argv[optind - 1]);
+		}
+	}
+	/* --cat talks only about failures unless asked for more. */
+	opt.verbosity = quiet ? L_ERR : (opt.cat ? L_ERR : L_INFO) + verbose;
+	if (opt.cat != NULL) {
+		if (optind < argc)
+			usage_error("--cat takes no routes");
+		if ((routes = calloc(1, sizeof *routes)) == NULL)
+			die("out of memory");
+		if (url_parse(&routes[0].url, opt.cat, err, sizeof err) < 0)
+			usage_error("--cat %s: %s", opt.cat, err);
+		routes[0].path = routes[0].url.text;
+		nroutes = 1;
+		return;
+	}
+	if (optind == argc)
+		usage_error("no route given");
+	for (i = optind; i < argc; i++)
+		route_add(argv[i]);
+}
+
+/* Give every route with a URL its upstream, and start it. */
+static void
+upstreams_start(void)
+{
+	struct upstream *u;
+	size_t i;
+
+	for (i = 0; i < nroutes; i++) {
+		if (routes[i].is_stdin) {
+			stdin_route = &routes[i];
+			continue;
+		}
+		if ((u = calloc(1, sizeof *u)) == NULL)
+			die("out of memory");
+		u->route = &routes[i];
+		u->url = &routes[i].url;
+		u->cat = opt.cat != NULL;
+		routes[i].up = u;
+		upstream_start(u);
+	}
+}
+
+static void
+setup(void)
+{
+	struct rlimit rl;
+
+	signal_setup();
+	/* Each client is a descriptor: take all the kernel allows. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (pipe(wake_pipe) < 0 || set_nonblock(wake_pipe[0]) < 0 ||
+	    set_nonblock(wake_pipe[1]) < 0)
+		die("pipe:");
+	spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	now = now_ms();
+	if (opt.cat == NULL)
+		listen_setup();
+	upstreams_start();
+}
+
+#ifdef WSFWD_TEST
+static int	 test_main(void);
+#endif
+
+int
+main(int argc, char **argv)
+{
+#ifdef WSFWD_TEST
+	(void)argc, (void)argv;
+	return test_main();
+#endif
+	options_parse(argc, argv);
+	setup();
+	loop();
+	return exit_status;
+}
+
+/* ==== Known-answer tests (make unit) ==== */
+
+#ifdef WSFWD_TEST
+static int npass, nfail;
+
+static void
+check(int ok, const char *what)
+{
+	if (ok)
+		npass++;
+	else {
+		nfail++;
+		printf("FAIL - %s\n", what);
+	}
+}
+
+static void
+test_sha1_b64(void)
+{
+	static const char *b64[][2] = {
+		{ "", "" }, { "f", "Zg==" }, { "fo", "Zm8=" }, { "foo", "Zm9v" },
+		{ "foob", "Zm9vYg==" }, { "fooba", "Zm9vYmE=" },
+		{ "foobar", "Zm9vYmFy" }
+	};
+	static const char *bad[] = { "Zg=", "Zh==", "Zm9=", "Z===", "Zm9v!A==",
+	    "=Zm9", "Zm=v", "Zm9vYg=\n" };
+	struct sha1 s;
+	unsigned char md[20], out[16];
+	char hex[41], enc[16], acc[29];
+	size_t i, n;
+	int k;
+
+	sha1_init(&s);
+	sha1_update(&s, "abc", 3);
+	sha1_final(&s, md);
+	for (i = 0; i < 20; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	check(strcmp(hex, "a9993e364706816aba3e25717850c26c9cd0d89d") == 0,
+	    "sha1(abc)");
+	sha1_init(&s);
+	for (k = 0; k < 1000000; k++)
+		sha1_update(&s, "a", 1);
+	sha1_final(&s, md);
+	for (i = 0; i < 20; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	check(strcmp(hex, "34aa973cd4c4daa4f61eeb2bdbad27316534016f") == 0,
+	    "sha1(a x 1e6)");
+	for (i = 0; i < LEN(b64); i++) {
+		b64_encode(enc, (const unsigned char *)b64[i][0],
+		    strlen(b64[i][0]));
+		check(strcmp(enc, b64[i][1]) == 0, "b64 encode");
+		n = b64_decode(out, sizeof out, b64[i][1], strlen(b64[i][1]));
+		check(i == 0 ? n == (size_t)-1 : n == strlen(b64[i][0]) &&
+		    memcmp(out, b64[i][0], n) == 0, "b64 decode");
+	}
+	for (i = 0; i < LEN(bad); i++)
+		check(b64_decode(out, sizeof out, bad[i], strlen(bad[i])) ==
+		    (size_t)-1, bad[i]);
+	check(b64_decode(out, 2, "Zm9v", 4) == (size_t)-1, "b64 overflow");
+	ws_accept_key(acc, "dGhlIHNhbXBsZSBub25jZQ==", 24);
+	check(strcmp(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") == 0,
+	    "RFC 6455 1.3 accept key");
+}
+
+static void
+test_utf8(void)
+{
+	static const char *good[] = { "", "plain ascii text, long enough",
+	    "\xc2\x80", "\xdf\xbf", "\xe0\xa0\x80", "\xed\x9f\xbf",
+	    "\xee\x80\x80", "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf",
+	    "\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5" };
+	static const char *badv[] = { "\xff", "\xc0\xaf", "\xc1\xbf", "\x80",
+	    "\xe0\x9f\xbf", "\xed\xa0\x80", "\xf0\x8f\xbf\xbf",
+	    "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "abc\xc2", "\xe1\x80",
+	    "aaaaaaaaaaaaaaaa\xfe" };
+	const char *s = "\xce\xba\xe1\xbd\xb9\xf0\x9f\x98\x80z";
+	uint32_t st;
+	size_t i, cut, n = strlen(s);
+	int ok;
+
+	for (i = 0; i < LEN(good); i++) {
+		st = 0;
+		check(utf8_check(&st, (const unsigned char *)good[i],
+		    strlen(good[i])) == 0 && (st & 0xff) == 0, good[i]);
+	}
+	for (i = 0; i < LEN(badv); i++) {
+		st = 0;
+		check(utf8_check(&st, (const unsigned char *)badv[i],
+		    strlen(badv[i])) < 0 || (st & 0xff) != 0, "bad utf8");
+	}
+	/* Split at every byte: the state carries across. */
+	for (ok = 1, cut = 0; cut <= n; cut++) {
+		st = 0;
+		if (utf8_check(&st, (const unsigned char *)s, cut) < 0 ||
+		    utf8_check(&st, (const unsigned char *)s + cut, n - cut) < 0
+		    || (st & 0xff) != 0)
+			ok = 0;
+	}
+	check(ok, "utf8 split everywhere");
+}
+
+static void
+test_http(void)
+{
+	static const char *bad[] = {
+		"GET\r\n\r\n", "GET / HTTP/1.1 x\r\n\r\n", " / HTTP/1.1\r\n\r\n",
+		"GET / FTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+		"GET / HTTP/1.1\r\n: v\r\n\r\n",
+		"GET / HTTP/1.1\r\nA : v\r\n\r\n",
+		"GET / HTTP/1.1\r\nA: v\r\n folded\r\n\r\n",
+		"GET / HTTP/1.1\r\nA: v\x01\r\n\r\n",
+	};
+	char buf[512];
+	struct http m;
+	const char *req = "GET /a?x=1 HTTP/1.1\r\nHost: h\r\n"
+	    "Connection: keep-alive, Upgrade\r\nUpgrade:  WebSocket \r\n\r\n";
+	size_t i, n = strlen(req), end;
+	int ok = 1;
+
+	/* The end of the head is found whatever the split. */
+	for (i = 1; i < n; i++)
+		if (http_head_end(req, i, 0) != 0)
+			ok = 0;
+	check(ok && http_head_end(req, n, n - 3) == n, "head end");
+	check(http_head_end("GET / HTTP/1.1\n\n", 16, 0) == 16, "bare LF");
+	memcpy(buf, req, n + 1);
+	check(http_parse(buf, n, &m, 0) == 0 && strcmp(m.method, "GET") == 0 &&
+	    strcmp(m.target, "/a?x=1") == 0 && m.nh == 3, "parse request");
+	check(http_has_token(http_header(&m, "connection", NULL), "upgrade") &&
+	    http_has_token(http_header(&m, "UPGRADE", NULL), "websocket") &&
+	    !http_has_token("upgrades", "upgrade"), "tokens");
+	check(strcmp(http_header(&m, "upgrade", NULL), "WebSocket") == 0,
+	    "value trimmed");
+	for (i = 0; i < LEN(bad); i++) {
+		n = strlen(bad[i]);
+		memcpy(buf, bad[i], n + 1);
+		end = http_head_end(buf, n, 0);
+		check(end == 0 || http_parse(buf, end, &m, 0) < 0, bad[i]);
+	}
+	strcpy(buf, "HTTP/1.1 101 Switching Protocols\r\nA: b\r\n\r\n");
+	check(http_parse(buf, strlen(buf), &m, 1) == 0 && m.status == 101,
+	    "parse response");
+	strcpy(buf, "HTTP/1.1 1x1 Nope\r\n\r\n");
+	check(http_parse(buf, strlen(buf), &m, 1) < 0, "bad status");
+}
+
+static void
+test_args(void)
+{
+	static const char *badurl[] = { "http://x/", "ws://", "ws://:80/",
+	    "ws://h:0/", "ws://h:65536/", "ws://h:x/", "ws://u@h/",
+	    "ws://h/a b", "ws://h/#f", "ws://[::1/", "wss://h/" };
+	struct url u;
+	char err[128];
+	size_t sz, i;
+
+	check(parse_size("16M", &sz) == 0 && sz == 16u << 20, "16M");
+	check(parse_size("1k", &sz) == 0 && sz == 1024, "1k");
+	check(parse_size("1G", &sz) == 0 && sz == 1u << 30, "1G");
+	check(parse_size("2G", &sz) < 0 && parse_size("0", &sz) < 0 &&
+	    parse_size("12Q", &sz) < 0 && parse_size("-1", &sz) < 0 &&
+	    parse_size("", &sz) < 0 && parse_size("K", &sz) < 0 &&
+	    parse_size("99999999999999999999999", &sz) < 0, "bad sizes");
+	check(url_parse(&u, "ws://example.com/ws/!miniTicker@arr", err,
+	    sizeof err) == 0 && strcmp(u.host, "example.com") == 0 &&
+	    strcmp(u.port, "80") == 0 && strcmp(u.hosthdr, "example.com") == 0
+	    && strcmp(u.target, "/ws/!miniTicker@arr") == 0, "url");
+	free(u.target), free(u.text);
+	check(url_parse(&u, "ws://[::1]:9443?a=b", err, sizeof err) == 0 &&
+	    strcmp(u.host, "::1") == 0 && strcmp(u.hosthdr, "[::1]:9443") == 0
+	    && strcmp(u.target, "/?a=b") == 0, "url v6 port query");
+	free(u.target), free(u.text);
+	for (i = 0; i < LEN(badurl); i++)
+		check(url_parse(&u, badurl[i], err, sizeof err) < 0, badurl[i]);
+}
+
+/* Append one frame to buf; mask it when key is not NULL. */
+static size_t
+test_frame(unsigned char *buf, int b0, const void *pl, size_t n,
+    const unsigned char *key)
+{
+	size_t h = 2, i;
+
+	buf[0] = (unsigned char)b0;
+	if (n < 126)
+		buf[1] = (unsigned char)n;
+	else if (n < 65536) {
+		buf[1] = 126, buf[2] = (unsigned char)(n >> 8);
+		buf[3] = (unsigned char)n, h = 4;
+	} else {
+		buf[1] = 127;
+		for (i = 0; i < 8; i++)
+			buf[2 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
+		h = 10;
+	}
+	if (key != NULL) {
+		buf[1] |= 0x80;
+		memcpy(buf + h, key, 4);
+		h += 4;
+	}
+	for (i = 0; i < n; i++)
+		buf[h + i] = ((const unsigned char *)pl)[i] ^
+		    (key ? key[i & 3] : 0);
+	return h + n;
+}
+
+/* Messages queued to the fake client of the decoder test, as one string. */
+static int
+test_queue_is(struct queue *q, const unsigned char *want, size_t n)
+{
+	size_t off = 0;
+	unsigned i;
+	struct msg *m;
+
+	for (i = 0; i < q->n; i++) {
+		m = q->v[(q->head + i) & (q->cap - 1)];
+		if (off + m->len > n || memcmp(want + off, m->p, m->len) != 0)
+			return 0;
+		off += m->len;
+	}
+	return off == n;
+}
+
+/* Upstream stream split at every point reassembles to the same frames. */
+static void
+test_decoder_upstream(void)
+{
+	static unsigned char in[80000], want[80000], big[70000];
+	struct route r;
+	struct upstream u;
+	struct conn up, cl;
+	size_t n = 0, w = 0, cut, step;
+	int ok = 1;
+
+	memset(big, 'x', sizeof big);
+	n += test_frame(in + n, 0x01, "Hel", 3, NULL);
+	n += test_frame(in + n, 0x89, "pp", 2, NULL);
+	n += test_frame(in + n, 0x00, "lo", 2, NULL);
+	n += test_frame(in + n, 0x80, "!", 1, NULL);
+	n += test_frame(in + n, 0x82, big, 300, NULL);
+	n += test_frame(in + n, 0x82, big, sizeof big, NULL);
+	n += test_frame(in + n, 0x81, "", 0, NULL);
+	w += test_frame(want + w, 0x81, "Hello!", 6, NULL);
+	w += test_frame(want + w, 0x82, big, 300, NULL);
+	w += test_frame(want + w, 0x82, big, sizeof big, NULL);
+	w += test_frame(want + w, 0x81, "", 0, NULL);
+	for (step = 1; step <= 3; step++)
+	for (cut = 0; cut <= n; cut += step == 2 ? 997 : 1) {
+		static unsigned char copy[80000];
+
+		if (step == 3 && cut > 0)
+			break;
+		memset(&r, 0, sizeof r), memset(&u, 0, sizeof u);
+		memset(&up, 0, sizeof up), memset(&cl, 0, sizeof cl);
+		r.path = "/t", u.route = &r, up.up = &u, up.route = &r;
+		up.kind = CONN_UPSTREAM, up.state = CONN_OPEN, up.fd = -1;
+		cl.kind = CONN_CLIENT, cl.state = CONN_OPEN, cl.fd = -1;
+		cl.route = &r, cl.joined = 1, r.clients = &cl, r.nclients = 1;
+		u.c = &up;
+		memcpy(copy, in, n);
+		if (step == 3) {
+			for (cut = 0; cut < n && ok; cut++)
+				ok = ws_feed(&up, copy + cut, 1) == 0;
+		} else
+			ok = ws_feed(&up, copy, cut) == 0 &&
+			    ws_feed(&up, copy + cut, n - cut) == 0;
+		ok = ok && test_queue_is(&cl.q, want, w) && up.q.n == 1;
+		/* The pong: masked, same payload. */
+		if (ok) {
+			struct msg *m = up.q.v[up.q.head];
+
+			ok = m->len == 8 && m->p[0] == 0x8A && m->p[1] == 0x82 &&
+			    (m->p[6] ^ m->p[2]) == 'p' &&
+			    (m->p[7] ^ m->p[3]) == 'p';
+		}
+		queue_clear(&cl.q, 0), queue_clear(&up.q, 0);
+		dirty = NULL;
+		if (!ok) {
+			printf("FAIL - decoder split at %zu step %zu\n", cut, step);
+			break;
+		}
+	}
+	check(ok, "upstream decoder, every split");
+}
+
+/* Hostile client frames get the RFC 6455 close code. */
+static void
+test_decoder_client(void)
+{
+	static const struct {
+		const char *what;
+		int b0;
+		const char *pl;
+		size_t n;
+		int code;
+	} t[] = {
+		{ "text", 0x81, "hi", 2, 0 },
+		{ "rsv1", 0xC1, "hi", 2, 1002 },
+		{ "rsv3", 0x91, "hi", 2, 1002 },
+		{ "opcode 3", 0x83, "", 0, 1002 },
+		{ "opcode B", 0x8B, "", 0, 1002 },
+		{ "continuation first", 0x80, "x", 1, 1002 },
+		{ "fragmented ping", 0x09, "", 0, 1002 },
+		{ "close 1 byte", 0x88, "\x03", 1, 1002 },
+		{ "close 999", 0x88, "\x03\xe7", 2, 1002 },
+		{ "close 1005", 0x88, "\x03\xed", 2, 1002 },
+		{ "close 5000", 0x88, "\x13\x88", 2, 1002 },
+		{ "close bad reason", 0x88, "\x03\xe8\xff", 3, 1007 },
+		{ "close 1000", 0x88, "\x03\xe8ok", 4, 0 },
+		{ "bad utf8", 0x81, "\xc0\xaf", 2, 1007 },
+		{ "truncated utf8", 0x81, "\xe2\x82", 2, 1007 },
+		{ "too big", 0x82, NULL, 2000, 1009 },
+		{ "ping 126", 0x89, NULL, 126, 1002 },
+	};
+	static unsigned char buf[4096], zero[2000];
+	const unsigned char key[4] = { 1, 2, 3, 4 };
+	struct route r;
+	struct conn c;
+	size_t i, n;
+	int code;
+
+	opt.max_message = 1024;
+	for (i = 0; i < LEN(t); i++) {
+		memset(&r, 0, sizeof r), memset(&c, 0, sizeof c);
+		r.path = "/t", c.route = &r, c.fd = -1;
+		c.kind = CONN_CLIENT, c.state = CONN_OPEN;
+		n = test_frame(buf, t[i].b0, t[i].pl ? t[i].pl : (char *)zero,
+		    t[i].n, key);
+		code = ws_feed(&c, buf, n);
+		check(code == t[i].code, t[i].what);
+		queue_clear(&c.q, 0);
+		dirty = NULL;
+	}
+	/* Unmasked from a client; masked 64-bit length with the top bit. */
+	memset(&c, 0, sizeof c);
+	c.kind = CONN_CLIENT, c.state = CONN_OPEN, c.route = &r, c.fd = -1;
+	n = test_frame(buf, 0x81, "hi", 2, NULL);
+	check(ws_feed(&c, buf, n) == 1002, "unmasked client frame");
+	memset(&c, 0, sizeof c);
+	c.kind = CONN_CLIENT, c.state = CONN_OPEN, c.route = &r, c.fd = -1;
+	memcpy(buf, "\x82\xff\x80\0\0\0\0\0\0\0\1\2\3\4", 14);
+	check(ws_feed(&c, buf, 14) == 1002, "64-bit length, top bit");
+	opt.max_message = LINE_MAX_DEFAULT;
+}
+
+static int
+test_main(void)
+{
+	now = now_ms();
+	opt.max_message = LINE_MAX_DEFAULT;
+	opt.max_queue = MAX_QUEUE_DEFAULT;
+	test_sha1_b64();
+	test_utf8();
+	test_http();
+	test_args();
+	test_decoder_upstream();
+	test_decoder_client();
+	printf("%d passed, %d failed\n", npass, nfail);
+	return nfail != 0;
+}
+#endif /* WSFWD_TEST */
