@@ -52,6 +52,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <bearssl.h>
+
 #define VERSION			"0.1.0"
 
 /* ==== Limits and defaults ==== */
@@ -73,6 +75,7 @@
 #define LINE_MAX_DEFAULT	(16u << 20)
 #define MAX_QUEUE_DEFAULT	(1u << 20)
 #define SIZE_LIMIT		((size_t)1 << 30)	/* no sane message is larger */
+#define CA_FILE_MAX		((size_t)16 << 20)	/* a CA bundle is ~200 KB */
 #define PING_DEFAULT_S		30
 #define DEFAULT_ADDR		"127.0.0.1"
 #define DEFAULT_PORT		"19443"
@@ -138,9 +141,33 @@ struct wsdec {
 	size_t		 msgcap;
 };
 
+/* One PEM bundle, streamed into an X.509 decoder (a single pass). */
+struct ca_loader {
+	br_x509_decoder_context	 dc;
+	unsigned char		 dn[4096];
+	size_t			 dnlen;
+	int			 dn_overflow;
+};
+
+/* -k: a stand-in X.509 engine that checks nothing (see xi_class). */
+struct x509_insecure {
+	const br_x509_class	*vtable;
+	br_x509_decoder_context	 dc;
+	int			 ncert;
+};
+
+/* A TLS client engine, ~41 KB: upstream connections only, never clients. */
+struct tls {
+	br_ssl_client_context	 sc;
+	br_x509_minimal_context	 xc;
+	struct x509_insecure	 xi;
+	char			 why[96];	/* what broke, in words */
+	unsigned char		 buf[BR_SSL_BUFSIZE_BIDI];
+};
+
 struct conn {
 	int		 fd;
-	unsigned char	 kind, state, shut, dirty, joined;
+	unsigned char	 kind, state, shut, dirty, joined, pending;
 	unsigned	 id;
 	unsigned	 close_code;	/* what we sent or will log */
 	int64_t		 deadline;	/* handshake, close or drain timer; 0: none */
@@ -153,6 +180,7 @@ struct conn {
 	size_t		 hslen;
 	struct queue	 q;
 	struct wsdec	 d;
+	struct tls	*tls;		/* NULL: plain TCP */
 	char		 peer[56];	/* "[v6addr]:port" */
 };
 
@@ -216,6 +244,8 @@ struct options {
 	int		 ping_ms;	/* 0: off */
 	int		 verbosity;
 	const char	*cat;
+	const char	*ca;		/* --ca FILE */
+	int		 insecure;	/* -k */
 };
 
 struct sha1 {
@@ -232,6 +262,11 @@ static size_t	 b64_decode(unsigned char *, size_t, const char *, size_t);
 static void	 b64_encode(char *, const unsigned char *, size_t);
 static int	 b64_value(int);
 static void	 broadcast(struct route *, struct msg *);
+static int	 ca_add(struct ca_loader *);
+static void	 ca_dn(void *, const void *, size_t);
+static size_t	 ca_load(const char *);
+static void	 ca_push(void *, const void *, size_t);
+static void	 ca_setup(void);
 static void	 cat_deliver(struct msg *);
 static int	 client_check(struct conn *, struct http *, const char **,
 		    const char **);
@@ -243,6 +278,7 @@ static void	 client_unlink(struct conn *);
 static int	 close_code_valid(unsigned);
 static void	 conn_closed_by_peer(struct conn *, unsigned);
 static void	 conn_drain(struct conn *);
+static const char	*conn_error(struct conn *);
 static void	 conn_event(struct conn *, short);
 static short	 conn_events(struct conn *);
 static void	 conn_fail(struct conn *, int);
@@ -261,7 +297,9 @@ static int64_t	 conn_timers(struct conn *);
 static void	 die(const char *, ...);
 static void	 dns_done(void);
 static void	*dns_thread(void *);
+static unsigned char	*file_read(const char *, size_t *);
 static void	 flush_dirty(void);
+static int	 host_is_ip(const char *);
 static int	 http_has_token(const char *, const char *);
 static size_t	 http_head_end(const char *, size_t, size_t);
 static const char	*http_header(struct http *, const char *, int *);
@@ -284,6 +322,7 @@ static int	 parse_size(const char *, size_t *);
 static int	 parse_uint(const char *, unsigned long, unsigned long *);
 static void	 queue_clear(struct queue *, int);
 static void	 queue_consume(struct queue *, size_t);
+static size_t	 queue_peek(struct queue *, unsigned char *, size_t);
 static int	 queue_push(struct queue *, struct msg *, int);
 static void	 rand_bytes(void *, size_t);
 static unsigned	 rand_u32(void);
@@ -303,6 +342,15 @@ static void	 stdin_keep(struct route *, const unsigned char *, size_t);
 static void	 stdin_line(struct route *, const unsigned char *, size_t);
 static void	 stdin_read(struct route *);
 static int64_t	 timers(void);
+static const char	*tls_alert(int);
+static short	 tls_events(struct conn *);
+static int	 tls_flush(struct conn *);
+static int	 tls_pending(struct conn *);
+static void	 tls_profile(struct tls *);
+static int	 tls_pump(struct conn *);
+static ssize_t	 tls_read(struct conn *, unsigned char *, size_t);
+static int	 tls_start(struct conn *, const struct url *);
+static void	 tls_why(struct tls *, int);
 static const char	*upstream_check(struct upstream *, struct http *);
 static void	 upstream_connect_done(struct conn *, int);
 static void	 upstream_deliver(struct upstream *, struct msg *);
@@ -323,6 +371,14 @@ static int	 ws_feed(struct conn *, unsigned char *, size_t);
 static int	 ws_frame_end(struct conn *);
 static int	 ws_head(struct conn *);
 static size_t	 ws_head_need(const unsigned char *, unsigned);
+static void	 xi_append(const br_x509_class **, const unsigned char *,
+		    size_t);
+static void	 xi_end_cert(const br_x509_class **);
+static unsigned	 xi_end_chain(const br_x509_class **);
+static const br_x509_pkey	*xi_get_pkey(const br_x509_class *const *,
+		    unsigned *);
+static void	 xi_start_cert(const br_x509_class **, uint32_t);
+static void	 xi_start_chain(const br_x509_class **, const char *);
 
 /* ==== Globals ==== */
 
@@ -344,6 +400,8 @@ static int64_t		 listen_pause, emfile_logged;
 static int		 exit_status;
 static int		 cat_done = -1;	/* --cat: exit status once known */
 static unsigned char	 rbuf[RBUF_SIZE];
+static br_x509_trust_anchor *anchors;	/* loaded once, shared read-only */
+static size_t		 nanchors;
 static volatile sig_atomic_t quit;
 
 /* ==== Logging, errors, time, randomness ==== */
@@ -992,6 +1050,23 @@ queue_consume(struct queue *q, size_t n)
 	}
 }
 
+/* Copy up to n bytes from the front without consuming them. */
+static size_t
+queue_peek(struct queue *q, unsigned char *dst, size_t n)
+{
+	size_t got = 0, k, off = q->off;
+	struct msg *m;
+	unsigned i;
+
+	for (i = 0; i < q->n && got < n; i++, off = 0) {
+		m = q->v[(q->head + i) & (q->cap - 1)];
+		k = MIN(m->len - off, n - got);
+		memcpy(dst + got, m->p + off, k);
+		got += k;
+	}
+	return got;
+}
+
 /* Drop everything queued; keep a half-sent head if asked (its frame must end). */
 static void
 queue_clear(struct queue *q, int keep_partial)
@@ -1228,6 +1303,568 @@ ws_feed(struct conn *c, unsigned char *p, size_t n)
 	return 0;
 }
 
+/* ==== TLS (BearSSL) ==== */
+
+/*
+ * The engine is driven by hand, never through br_sslio: each call moves
+ * what can move now and returns, and poll() waits on what the engine's
+ * state says it wants (SENDREC: socket writable, RECVREC: readable).
+ */
+
+static void
+ca_dn(void *ctx, const void *buf, size_t len)
+{
+	struct ca_loader *ld = ctx;
+
+	if (len > sizeof ld->dn - ld->dnlen) {
+		ld->dn_overflow = 1;
+		return;
+	}
+	memcpy(ld->dn + ld->dnlen, buf, len);
+	ld->dnlen += len;
+}
+
+static void
+ca_push(void *ctx, const void *buf, size_t len)
+{
+	struct ca_loader *ld = ctx;
+
+	br_x509_decoder_push(&ld->dc, buf, len);
+}
+
+/* Turn the certificate just decoded into a trust anchor (one malloc). */
+static int
+ca_add(struct ca_loader *ld)
+{
+	const br_x509_pkey *pk;
+	br_x509_trust_anchor *ta, *v;
+	unsigned char *mem;
+	size_t klen;
+
+	if (ld->dn_overflow || br_x509_decoder_last_error(&ld->dc) != 0 ||
+	    (pk = br_x509_decoder_get_pkey(&ld->dc)) == NULL)
+		return -1;
+	if (pk->key_type == BR_KEYTYPE_RSA)
+		klen = pk->key.rsa.nlen + pk->key.rsa.elen;
+	else if (pk->key_type == BR_KEYTYPE_EC)
+		klen = pk->key.ec.qlen;
+	else
+		return -1;
+	if ((v = realloc(anchors, (nanchors + 1) * sizeof *v)) == NULL ||
+	    (mem = malloc(ld->dnlen + klen)) == NULL)
+		die("out of memory");
+	anchors = v;
+	ta = &anchors[nanchors++];
+	memset(ta, 0, sizeof *ta);
+	memcpy(mem, ld->dn, ld->dnlen);
+	ta->dn.data = mem;
+	ta->dn.len = ld->dnlen;
+	ta->flags = br_x509_decoder_isCA(&ld->dc) ? BR_X509_TA_CA : 0;
+	ta->pkey.key_type = pk->key_type;
+	mem += ld->dnlen;
+	if (pk->key_type == BR_KEYTYPE_RSA) {
+		memcpy(mem, pk->key.rsa.n, pk->key.rsa.nlen);
+		memcpy(mem + pk->key.rsa.nlen, pk->key.rsa.e, pk->key.rsa.elen);
+		ta->pkey.key.rsa.n = mem;
+		ta->pkey.key.rsa.nlen = pk->key.rsa.nlen;
+		ta->pkey.key.rsa.e = mem + pk->key.rsa.nlen;
+		ta->pkey.key.rsa.elen = pk->key.rsa.elen;
+	} else {
+		memcpy(mem, pk->key.ec.q, pk->key.ec.qlen);
+		ta->pkey.key.ec.curve = pk->key.ec.curve;
+		ta->pkey.key.ec.q = mem;
+		ta->pkey.key.ec.qlen = pk->key.ec.qlen;
+	}
+	return 0;
+}
+
+/* Read a whole (small) file; NULL with errno set on failure. */
+static unsigned char *
+file_read(const char *path, size_t *len)
+{
+	unsigned char *buf = NULL, *v;
+	size_t cap = 0, n = 0;
+	ssize_t r;
+	int fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return NULL;
+	for (;;) {
+		if (n == cap) {
+			if (cap >= CA_FILE_MAX || (v = realloc(buf, cap ?
+			    cap * 2 : 65536)) == NULL) {
+				free(buf);
+				close(fd);
+				errno = EFBIG;
+				return NULL;
+			}
+			buf = v, cap = cap ? cap * 2 : 65536;
+		}
+		if ((r = read(fd, buf + n, cap - n)) < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+	}
+	close(fd);
+	if (r < 0) {
+		free(buf);
+		return NULL;
+	}
+	*len = n;
+	return buf;
+}
+
+/* Load every certificate of a PEM bundle as a trust anchor; returns how many. */
+static size_t
+ca_load(const char *path)
+{
+	static struct ca_loader ld;
+	br_pem_decoder_context pc;
+	unsigned char *buf, *p;
+	size_t len, n, before = nanchors;
+	const char *name;
+	int incert = 0, pass;
+
+	if ((buf = file_read(path, &len)) == NULL)
+		die("CA bundle %s:", path);
+	br_pem_decoder_init(&pc);
+	for (p = buf, pass = 0; pass < 2; pass++) {
+		/* A newline after the file ends a last line that has none. */
+		if (pass == 1)
+			p = (unsigned char *)"\n", len = 1;
+		while (len > 0) {
+			n = br_pem_decoder_push(&pc, p, len);
+			p += n, len -= n;
+			switch (br_pem_decoder_event(&pc)) {
+			case BR_PEM_BEGIN_OBJ:
+				name = br_pem_decoder_name(&pc);
+				incert = strcmp(name, "CERTIFICATE") == 0 ||
+				    strcmp(name, "X509 CERTIFICATE") == 0;
+				ld.dnlen = 0, ld.dn_overflow = 0;
+				br_x509_decoder_init(&ld.dc, ca_dn, &ld);
+				br_pem_decoder_setdest(&pc, incert ? ca_push :
+				    NULL, incert ? &ld : NULL);
+				break;
+			case BR_PEM_END_OBJ:
+				if (incert && ca_add(&ld) < 0)
+					logmsg(L_DEBUG, "%s: skipped a certificate "
+					    "BearSSL cannot use", path);
+				incert = 0;
+				break;
+			case BR_PEM_ERROR:
+				die("CA bundle %s: not a valid PEM file", path);
+			}
+		}
+	}
+	free(buf);
+	return nanchors - before;
+}
+
+/* Trust anchors: --ca, else the first system bundle that exists. */
+static void
+ca_setup(void)
+{
+	static const char *bundles[] = {
+		"/etc/ssl/certs/ca-certificates.crt",	/* Debian, Alpine */
+		"/etc/pki/tls/certs/ca-bundle.crt",	/* Fedora, RHEL */
+		"/etc/ssl/cert.pem",			/* OpenWrt, BSD, macOS */
+		"/etc/ssl/ca-bundle.pem",		/* openSUSE */
+		"/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+		"/usr/local/share/certs/ca-root-nss.crt",	/* FreeBSD */
+		"/etc/ssl/certs/ca-bundle.crt",
+	};
+	const char *path = opt.ca;
+	size_t i;
+
+	if (opt.insecure) {
+		fprintf(stderr, "wsfwd: warning: -k: TLS certificates and host "
+		    "names are NOT verified\n");
+		return;
+	}
+	for (i = 0; path == NULL && i < LEN(bundles); i++)
+		if (access(bundles[i], R_OK) == 0)
+			path = bundles[i];
+	if (path == NULL) {
+		fprintf(stderr, "wsfwd: no CA bundle found for wss://; give "
+		    "one with --ca FILE (or -k to skip verification)\n");
+		exit(2);
+	}
+	if (ca_load(path) == 0) {
+		fprintf(stderr, "wsfwd: %s holds no usable certificate; give "
+		    "a PEM bundle with --ca FILE\n", path);
+		exit(2);
+	}
+	logmsg(L_DEBUG, "%zu trust anchors from %s", nanchors, path);
+}
+
+/*
+ * -k: an X.509 engine that trusts any chain.  It only decodes the first
+ * (end-entity) certificate, for the key the handshake needs.
+ */
+static void
+xi_start_chain(const br_x509_class **ctx, const char *server_name)
+{
+	struct x509_insecure *xi = (struct x509_insecure *)(void *)ctx;
+
+	(void)server_name;
+	xi->ncert = 0;
+}
+
+static void
+xi_start_cert(const br_x509_class **ctx, uint32_t length)
+{
+	struct x509_insecure *xi = (struct x509_insecure *)(void *)ctx;
+
+	(void)length;
+	if (xi->ncert == 0)
+		br_x509_decoder_init(&xi->dc, NULL, NULL);
+}
+
+static void
+xi_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
+{
+	struct x509_insecure *xi = (struct x509_insecure *)(void *)ctx;
+
+	if (xi->ncert == 0)
+		br_x509_decoder_push(&xi->dc, buf, len);
+}
+
+static void
+xi_end_cert(const br_x509_class **ctx)
+{
+	struct x509_insecure *xi = (struct x509_insecure *)(void *)ctx;
+
+	xi->ncert++;
+}
+
+static unsigned
+xi_end_chain(const br_x509_class **ctx)
+{
+	struct x509_insecure *xi = (struct x509_insecure *)(void *)ctx;
+
+	if (xi->ncert == 0)
+		return BR_ERR_X509_EMPTY_CHAIN;
+	return (unsigned)br_x509_decoder_last_error(&xi->dc);
+}
+
+static const br_x509_pkey *
+xi_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
+{
+	struct x509_insecure *xi = (struct x509_insecure *)(void *)ctx;
+
+	if (usages != NULL)
+		*usages = BR_KEYTYPE_KEYX | BR_KEYTYPE_SIGN;
+	return br_x509_decoder_get_pkey(&xi->dc);
+}
+
+static const br_x509_class xi_class = {
+	sizeof(struct x509_insecure), xi_start_chain, xi_start_cert,
+	xi_append, xi_end_cert, xi_end_chain, xi_get_pkey
+};
+
+/* Is host an IP literal?  BearSSL can only match names. */
+static int
+host_is_ip(const char *host)
+{
+	unsigned char a[16];
+
+	return inet_pton(AF_INET, host, a) == 1 ||
+	    inet_pton(AF_INET6, host, a) == 1;
+}
+
+/*
+ * What a modern server needs and no more (br_ssl_client_init_full would
+ * link every suite BearSSL has): TLS 1.2 (1.0 and 1.1 are deprecated by
+ * RFC 8996), ECDHE with AES-GCM or ChaCha20-Poly1305, RSA or ECDSA
+ * certificates signed with SHA-1 or SHA-2.
+ */
+static void
+tls_profile(struct tls *t)
+{
+	static const uint16_t suites[] = {
+		BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+		BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+		BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+		BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+		BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	};
+	static const struct {
+		int id;
+		const br_hash_class *vt;
+	} hashes[] = {
+		{ br_sha1_ID, &br_sha1_vtable },
+		{ br_sha256_ID, &br_sha256_vtable },
+		{ br_sha384_ID, &br_sha384_vtable },
+		{ br_sha512_ID, &br_sha512_vtable },
+	};
+	br_ssl_engine_context *eng = &t->sc.eng;
+	size_t i;
+
+	br_ssl_client_zero(&t->sc);
+	br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
+	br_ssl_engine_set_suites(eng, suites, LEN(suites));
+	br_ssl_engine_set_default_ec(eng);
+	br_ssl_engine_set_default_rsavrfy(eng);
+	br_ssl_engine_set_default_ecdsa(eng);
+	br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
+	br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
+	br_ssl_engine_set_default_aes_gcm(eng);
+	br_ssl_engine_set_default_chapol(eng);
+	br_x509_minimal_init(&t->xc, &br_sha256_vtable, anchors, nanchors);
+	br_x509_minimal_set_rsa(&t->xc, br_ssl_engine_get_rsavrfy(eng));
+	br_x509_minimal_set_ecdsa(&t->xc, br_ssl_engine_get_ec(eng),
+	    br_ssl_engine_get_ecdsa(eng));
+	for (i = 0; i < LEN(hashes); i++) {
+		br_ssl_engine_set_hash(eng, hashes[i].id, hashes[i].vt);
+		br_x509_minimal_set_hash(&t->xc, hashes[i].id, hashes[i].vt);
+	}
+	if (opt.insecure) {
+		t->xi.vtable = &xi_class;
+		br_ssl_engine_set_x509(eng, &t->xi.vtable);
+	} else
+		br_ssl_engine_set_x509(eng, &t->xc.vtable);
+}
+
+/* Give c a client engine for url: SNI and name check on the URL's host. */
+static int
+tls_start(struct conn *c, const struct url *u)
+{
+	struct tls *t;
+
+	if ((t = calloc(1, sizeof *t)) == NULL)
+		return -1;
+	tls_profile(t);
+	br_ssl_engine_set_buffer(&t->sc.eng, t->buf, sizeof t->buf, 1);
+	if (!br_ssl_client_reset(&t->sc, host_is_ip(u->host) ? NULL : u->host,
+	    0)) {
+		free(t);
+		return -1;
+	}
+	c->tls = t;
+	return 0;
+}
+
+static const char *
+tls_alert(int a)
+{
+	switch (a) {
+	case 0: return "close_notify";
+	case 10: return "unexpected_message";
+	case 20: return "bad_record_mac";
+	case 40: return "handshake_failure";
+	case 42: return "bad_certificate";
+	case 43: return "unsupported_certificate";
+	case 44: return "certificate_revoked";
+	case 45: return "certificate_expired";
+	case 46: return "certificate_unknown";
+	case 47: return "illegal_parameter";
+	case 48: return "unknown_ca";
+	case 50: return "decode_error";
+	case 51: return "decrypt_error";
+	case 70: return "protocol_version";
+	case 71: return "insufficient_security";
+	case 80: return "internal_error";
+	case 112: return "unrecognized_name";
+	default: return "alert";
+	}
+}
+
+/* BearSSL's error codes in words a person can act on. */
+static void
+tls_why(struct tls *t, int err)
+{
+	const char *s;
+
+	if (err >= BR_ERR_SEND_FATAL_ALERT) {
+		snprintf(t->why, sizeof t->why, "TLS: we sent alert %d (%s)",
+		    err - BR_ERR_SEND_FATAL_ALERT,
+		    tls_alert(err - BR_ERR_SEND_FATAL_ALERT));
+		return;
+	}
+	if (err >= BR_ERR_RECV_FATAL_ALERT) {
+		snprintf(t->why, sizeof t->why, "TLS handshake failure: server "
+		    "sent alert %d (%s)", err - BR_ERR_RECV_FATAL_ALERT,
+		    tls_alert(err - BR_ERR_RECV_FATAL_ALERT));
+		return;
+	}
+	switch (err) {
+	case BR_ERR_X509_NOT_TRUSTED:
+		s = "certificate not trusted: unknown issuer (see --ca)";
+		break;
+	case BR_ERR_X509_EXPIRED:
+		s = "certificate expired or not yet valid";
+		break;
+	case BR_ERR_X509_BAD_SERVER_NAME:
+		s = "certificate name mismatch: not issued for this host";
+		break;
+	case BR_ERR_X509_NOT_CA:
+		s = "certificate chain: an issuer is not a CA";
+		break;
+	case BR_ERR_X509_BAD_SIGNATURE:
+		s = "certificate chain: bad signature";
+		break;
+	case BR_ERR_X509_WEAK_PUBLIC_KEY:
+		s = "certificate has a weak public key";
+		break;
+	case BR_ERR_X509_EMPTY_CHAIN:
+		s = "server sent no certificate";
+		break;
+	case BR_ERR_UNSUPPORTED_VERSION:
+		s = "TLS: server does not speak TLS 1.2";
+		break;
+	case BR_ERR_BAD_CIPHER_SUITE:
+		s = "TLS: no cipher suite in common";
+		break;
+	case BR_ERR_BAD_MAC:
+		s = "TLS: bad record MAC";
+		break;
+	default:
+		snprintf(t->why, sizeof t->why, "TLS error %d%s", err,
+		    err >= BR_ERR_X509_OK && err < 64 ? " (certificate)" : "");
+		return;
+	}
+	snprintf(t->why, sizeof t->why, "%s", s);
+}
+
+/*
+ * Move records between socket and engine until neither side can.
+ * Returns 1 if anything moved, 0 if not, -1 on a dead socket.
+ */
+static int
+tls_pump(struct conn *c)
+{
+	br_ssl_engine_context *eng = &c->tls->sc.eng;
+	unsigned char *p;
+	unsigned st;
+	size_t len;
+	ssize_t n;
+	int moved = 0;
+
+	for (;;) {
+		st = br_ssl_engine_current_state(eng);
+		if (st & BR_SSL_CLOSED)
+			return moved;
+		if (st & BR_SSL_SENDREC) {
+			p = br_ssl_engine_sendrec_buf(eng, &len);
+			if ((n = send(c->fd, p, len, MSG_NOSIGNAL)) > 0) {
+				br_ssl_engine_sendrec_ack(eng, (size_t)n);
+				moved = 1;
+				continue;
+			}
+			if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
+			    errno != EINTR)
+				goto broken;
+		}
+		if (st & BR_SSL_RECVREC) {
+			p = br_ssl_engine_recvrec_buf(eng, &len);
+			if ((n = recv(c->fd, p, len, 0)) > 0) {
+				br_ssl_engine_recvrec_ack(eng, (size_t)n);
+				moved = 1;
+				continue;
+			}
+			if (n == 0) {
+				snprintf(c->tls->why, sizeof c->tls->why,
+				    "EOF without close_notify");
+				return -1;
+			}
+			if (errno != EAGAIN && errno != EWOULDBLOCK &&
+			    errno != EINTR)
+				goto broken;
+		}
+		return moved;
+	}
+broken:
+	snprintf(c->tls->why, sizeof c->tls->why, "%s", strerror(errno));
+	return -1;
+}
+
+/* conn_read() for TLS: plaintext out of the engine, pumping as needed. */
+static ssize_t
+tls_read(struct conn *c, unsigned char *buf, size_t cap)
+{
+	br_ssl_engine_context *eng = &c->tls->sc.eng;
+	unsigned char *p;
+	size_t len, got = 0;
+	unsigned st;
+	int r, err;
+
+	for (;;) {
+		st = br_ssl_engine_current_state(eng);
+		if (st & BR_SSL_RECVAPP) {
+			p = br_ssl_engine_recvapp_buf(eng, &len);
+			len = MIN(len, cap - got);
+			memcpy(buf + got, p, len);
+			br_ssl_engine_recvapp_ack(eng, len);
+			if ((got += len) == cap)
+				return (ssize_t)got;
+			continue;
+		}
+		if (got > 0)
+			return (ssize_t)got;
+		if (st & BR_SSL_CLOSED) {
+			if ((err = br_ssl_engine_last_error(eng)) == 0)
+				return 0;	/* close_notify */
+			tls_why(c->tls, err);
+			return -1;
+		}
+		if ((r = tls_pump(c)) < 0)
+			return -1;
+		if (r == 0)
+			return -2;
+	}
+}
+
+/* conn_flush() for TLS: queued bytes into the engine, records out. */
+static int
+tls_flush(struct conn *c)
+{
+	br_ssl_engine_context *eng = &c->tls->sc.eng;
+	struct queue *q = &c->q;
+	unsigned char *p;
+	size_t len;
+	int moved, r;
+
+	do {
+		for (moved = 0; q->n > 0 && (br_ssl_engine_current_state(eng) &
+		    BR_SSL_SENDAPP); moved = 1) {
+			p = br_ssl_engine_sendapp_buf(eng, &len);
+			len = queue_peek(q, p, len);
+			br_ssl_engine_sendapp_ack(eng, len);
+			queue_consume(q, len);
+		}
+		if (moved)
+			br_ssl_engine_flush(eng, 0);
+		if ((r = tls_pump(c)) < 0)
+			return -1;
+	} while (moved || r > 0);
+	if ((br_ssl_engine_current_state(eng) & BR_SSL_CLOSED) &&
+	    br_ssl_engine_last_error(eng) != 0) {
+		tls_why(c->tls, br_ssl_engine_last_error(eng));
+		return -1;
+	}
+	return 0;
+}
+
+/* poll() events from the engine's state. */
+static short
+tls_events(struct conn *c)
+{
+	unsigned st = br_ssl_engine_current_state(&c->tls->sc.eng);
+
+	return (short)((st & BR_SSL_SENDREC ? POLLOUT : 0) |
+	    (st & BR_SSL_RECVREC ? POLLIN : 0));
+}
+
+/* Plaintext waiting inside the engine: poll() cannot see it. */
+static int
+tls_pending(struct conn *c)
+{
+	return c->tls != NULL &&
+	    (br_ssl_engine_current_state(&c->tls->sc.eng) & BR_SSL_RECVAPP);
+}
+
 /* ==== Connections: the I/O seam ==== */
 
 static struct conn *
@@ -1270,6 +1907,8 @@ conn_kill(struct conn *c)
 	c->hs = NULL;
 	msg_unref(c->d.msg);
 	c->d.msg = NULL;
+	free(c->tls);
+	c->tls = NULL;
 	if (c->up != NULL && c->up->c == c)
 		c->up->c = NULL;
 	if (c->kind == CONN_CLIENT)
@@ -1294,6 +1933,8 @@ conn_read(struct conn *c, unsigned char *buf, size_t cap)
 {
 	ssize_t n;
 
+	if (c->tls != NULL)
+		return tls_read(c, buf, cap);
 	do
 		n = recv(c->fd, buf, cap, 0);
 	while (n < 0 && errno == EINTR);
@@ -1318,7 +1959,9 @@ conn_flush(struct conn *c)
 	ssize_t n;
 	unsigned k;
 
-	while (q->n > 0) {
+	if (c->tls != NULL && tls_flush(c) < 0)
+		return -1;
+	while (c->tls == NULL && q->n > 0) {
 		total = 0;
 		for (k = 0; k < q->n && k < IOV_BATCH; k++) {
 			m = q->v[(q->head + k) & (q->cap - 1)];
@@ -1338,11 +1981,20 @@ conn_flush(struct conn *c)
 		if ((size_t)n < total)
 			return 0;	/* socket buffer full: wait for POLLOUT */
 	}
-	if (c->state == CONN_DRAIN && !c->shut) {
+	if (c->state == CONN_DRAIN && !c->shut && q->n == 0 &&
+	    (c->tls == NULL || !(tls_events(c) & POLLOUT))) {
 		shutdown(c->fd, SHUT_WR);
 		c->shut = 1;
 	}
 	return 0;
+}
+
+/* Why the last I/O on c failed, in words. */
+static const char *
+conn_error(struct conn *c)
+{
+	return c->tls != NULL && c->tls->why[0] ? c->tls->why :
+	    strerror(errno);
 }
 
 /* Queue m for c; a connection that cannot take it is lost. */
@@ -1501,7 +2153,7 @@ conn_readable(struct conn *c)
 			return;
 		if (n <= 0) {
 			conn_lost(c, n == 0 ? "connection closed" :
-			    strerror(errno));
+			    conn_error(c));
 			return;
 		}
 		c->last_rx = now;
@@ -1544,12 +2196,16 @@ conn_event(struct conn *c, short revents)
 	/* Let the syscalls say what an error or hangup really is. */
 	if (revents & (POLLERR | POLLHUP))
 		revents |= POLLIN | POLLOUT;
-	if ((revents & POLLOUT) && c->q.n > 0 && conn_flush(c) < 0) {
-		conn_lost(c, strerror(errno));
+	if ((revents & POLLOUT) && (c->q.n > 0 || c->tls) &&
+	    conn_flush(c) < 0) {
+		conn_lost(c, conn_error(c));
 		return;
 	}
 	if (revents & POLLIN)
 		conn_readable(c);
+	/* A TLS handshake step may have opened the way for queued data. */
+	if (c->tls != NULL && c->state != CONN_DEAD)
+		conn_mark(c);
 }
 
 static short
@@ -1557,6 +2213,8 @@ conn_events(struct conn *c)
 {
 	if (c->state == CONN_CONNECTING)
 		return POLLOUT;
+	if (c->tls != NULL)
+		return tls_events(c);
 	return (short)(POLLIN | (c->q.n > 0 ? POLLOUT : 0));
 }
 
@@ -1617,7 +2275,7 @@ flush_dirty(void)
 		if (c->state == CONN_DEAD || c->state == CONN_CONNECTING)
 			continue;
 		if (conn_flush(c) < 0)
-			conn_lost(c, strerror(errno));
+			conn_lost(c, conn_error(c));
 	}
 }
 
@@ -2052,6 +2710,10 @@ upstream_connect_done(struct conn *c, int err)
 		return;
 	}
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	if (u->url->tls && tls_start(c, u->url) < 0) {
+		upstream_fail(u, "TLS setup failed (no entropy or memory)");
+		return;
+	}
 	/* 4.1: a fresh random 16-byte nonce, base64-encoded. */
 	rand_bytes(raw, sizeof raw);
 	b64_encode(key, raw, sizeof raw);
@@ -2212,7 +2874,10 @@ upstream_timers(struct upstream *u)
 		upstream_start(u);
 	if (u->deadline != 0 && now >= u->deadline) {
 		phase = u->dq != NULL ? "name lookup" : u->c == NULL ||
-		    u->c->state == CONN_CONNECTING ? "connect" : "handshake";
+		    u->c->state == CONN_CONNECTING ? "connect" :
+		    u->c->tls != NULL && !(br_ssl_engine_current_state(
+		    &u->c->tls->sc.eng) & BR_SSL_SENDAPP) ? "TLS handshake" :
+		    "handshake";
 		upstream_fail(u, "%s timed out", phase);
 	}
 	if (u->retry_at != 0)
@@ -2474,7 +3139,7 @@ loop(void)
 	struct pollfd *pfd = NULL, *v;
 	size_t cap = 0, n, i;
 	int64_t wake;
-	int timeout, k;
+	int timeout, k, pending;
 
 	for (;;) {
 		now = now_ms();
@@ -2499,11 +3164,12 @@ loop(void)
 		    exit_at == 0 ? STDIN_FILENO : -1;
 		for (i = 0; i < POLL_FIXED; i++)
 			pfd[i].events = POLLIN;
-		for (n = nconns, i = 0; i < n; i++) {
+		for (pending = 0, n = nconns, i = 0; i < n; i++) {
 			pfd[POLL_FIXED + i].fd = conns[i]->fd;
 			pfd[POLL_FIXED + i].events = conn_events(conns[i]);
+			pending |= conns[i]->pending = tls_pending(conns[i]);
 		}
-		timeout = wake == INT64_MAX ? -1 :
+		timeout = pending ? 0 : wake == INT64_MAX ? -1 :
 		    (int)MIN(MAX(wake - now, 0), INT_MAX);
 		if ((k = poll(pfd, POLL_FIXED + n, timeout)) < 0) {
 			if (errno == EINTR)
@@ -2517,10 +3183,13 @@ loop(void)
 		    !stdin_route->done)
 			stdin_read(stdin_route);
 		/* A conn closed by an earlier event in this turn is DEAD. */
-		for (i = 0; i < n; i++)
+		for (i = 0; i < n; i++) {
+			if (conns[i]->pending)
+				pfd[POLL_FIXED + i].revents |= POLLIN;
 			if (pfd[POLL_FIXED + i].revents &&
 			    conns[i]->state != CONN_DEAD)
 				conn_event(conns[i], pfd[POLL_FIXED + i].revents);
+		}
 		if (pfd[POLL_LISTEN].revents && listen_fd >= 0)
 			for (k = 0; k < ACCEPT_BATCH && accept_one() == 0; k++)
 				;
@@ -2596,15 +3265,13 @@ url_parse(struct url *u, const char *s, char *err, size_t errlen)
 	char num[8];
 	size_t hl, pl;
 	unsigned long port = 80;
+	int dflt;
 
 	memset(u, 0, sizeof *u);
-	if (strncmp(s, "wss://", 6) == 0) {
-		snprintf(err, errlen, "wss:// URLs need TLS, which this wsfwd "
-		    "does not have yet");
-		return -1;
-	}
-	if (strncmp(s, "ws://", 5) != 0) {
-		snprintf(err, errlen, "URL must start with ws://");
+	if (strncmp(s, "wss://", 6) == 0)
+		u->tls = 1, port = 443;
+	else if (strncmp(s, "ws://", 5) != 0) {
+		snprintf(err, errlen, "URL must start with ws:// or wss://");
 		return -1;
 	}
 	for (p = s; *p != '\0'; p++)
@@ -2613,7 +3280,7 @@ url_parse(struct url *u, const char *s, char *err, size_t errlen)
 			    "character or fragment");
 			return -1;
 		}
-	h = s + 5;
+	h = s + 5 + u->tls;
 	he = h + strcspn(h, "/?");
 	if (memchr(h, '@', (size_t)(he - h)) != NULL) {
 		snprintf(err, errlen, "URL must not carry user:password@");
@@ -2642,9 +3309,16 @@ url_parse(struct url *u, const char *s, char *err, size_t errlen)
 	} else if (p != he)
 		goto bad;
 	snprintf(u->port, sizeof u->port, "%lu", port);
+	dflt = port == (u->tls ? 443 : 80);
 	snprintf(u->hosthdr, sizeof u->hosthdr, "%s%s%s%s%s",
 	    *h == '[' ? "[" : "", u->host, *h == '[' ? "]" : "",
-	    port != 80 ? ":" : "", port != 80 ? u->port : "");
+	    dflt ? "" : ":", dflt ? "" : u->port);
+	/* BearSSL matches certificates against names only (no iPAddress). */
+	if (u->tls && !opt.insecure && host_is_ip(u->host)) {
+		snprintf(err, errlen, "wss:// to an IP address cannot be "
+		    "verified; use the host name, or -k");
+		return -1;
+	}
 	/* "" and "?q" get the "/" a request line needs. */
 	pl = strlen(he) + 2;
 	if ((u->target = malloc(pl)) == NULL)
@@ -2670,7 +3344,7 @@ usage(FILE *f)
 "Forward WebSocket feeds: one upstream connection per route, every message\n"
 "re-sent unchanged to every client of that route.\n"
 "\n"
-"ROUTE is [PATH=]URL.  URL is ws://HOST[:PORT]/PATH[?QUERY], or - for stdin\n"
+"ROUTE is [PATH=]URL.  URL is ws[s]://HOST[:PORT]/PATH[?QUERY], or - for stdin\n"
 "(one text message per line; at EOF clients get close 1000).  PATH, the path\n"
 "clients ask for, defaults to the URL's path (/ for -).\n"
 "\n"
@@ -2685,6 +3359,9 @@ usage(FILE *f)
 "                            silent for two intervals (default 30, 0: off)\n"
 "      --cat URL             print each message of URL as a line on stdout;\n"
 "                            exit 0 when the server closes normally\n"
+"      --ca FILE             PEM bundle of CAs trusted for wss:// (default:\n"
+"                            the system bundle)\n"
+"  -k, --insecure            wss:// without verifying certificate or name\n"
 "  -q, --quiet               log errors only\n"
 "  -v, --verbose             log protocol detail too (twice: more)\n"
 "  -h, --help                this text\n"
@@ -2814,7 +3491,8 @@ listen_parse(char *s)
 static void
 options_parse(int argc, char **argv)
 {
-	enum { O_MAXMSG = 256, O_MAXQ, O_MAXCL, O_PING, O_VERSION, O_CAT };
+	enum { O_MAXMSG = 256, O_MAXQ, O_MAXCL, O_PING, O_VERSION, O_CAT,
+	    O_CA };
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, 'l' },
 		{ "max-message", required_argument, NULL, O_MAXMSG },
@@ -2822,6 +3500,8 @@ options_parse(int argc, char **argv)
 		{ "max-clients", required_argument, NULL, O_MAXCL },
 		{ "ping", required_argument, NULL, O_PING },
 		{ "cat", required_argument, NULL, O_CAT },
+		{ "ca", required_argument, NULL, O_CA },
+		{ "insecure", no_argument, NULL, 'k' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
@@ -2838,7 +3518,7 @@ options_parse(int argc, char **argv)
 	opt.ping_ms = PING_DEFAULT_S * 1000;
 	listen_parse(dflt);
 	opterr = 0;
-	while ((ch = getopt_long(argc, argv, ":l:qvh", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, ":l:kqvh", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'l':
 			listen_parse(optarg);
@@ -2864,6 +3544,12 @@ options_parse(int argc, char **argv)
 			break;
 		case O_CAT:
 			opt.cat = optarg;
+			break;
+		case O_CA:
+			opt.ca = optarg;
+			break;
+		case 'k':
+			opt.insecure = 1;
 			break;
 		case 'q':
 			quiet = 1;
@@ -2931,6 +3617,7 @@ static void
 setup(void)
 {
 	struct rlimit rl;
+	size_t i;
 
 	signal_setup();
 	/* Each client is a descriptor: take all the kernel allows. */
@@ -2943,10 +3630,49 @@ setup(void)
 		die("pipe:");
 	spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	now = now_ms();
+	for (i = 0; i < nroutes; i++)
+		if (routes[i].url.tls) {
+			ca_setup();
+			break;
+		}
 	if (opt.cat == NULL)
 		listen_setup();
 	upstreams_start();
 }
+
+#ifdef WSFWD_FORTIFY_SHIM
+/*
+ * Debian's libbearssl.a was compiled with _FORTIFY_SOURCE and calls these;
+ * musl has none.  They keep the check: overflowing the object aborts.
+ */
+void	*__memcpy_chk(void *, const void *, size_t, size_t);
+void	*__memmove_chk(void *, const void *, size_t, size_t);
+void	*__memset_chk(void *, int, size_t, size_t);
+
+void *
+__memcpy_chk(void *d, const void *s, size_t n, size_t dn)
+{
+	if (n > dn)
+		abort();
+	return memcpy(d, s, n);
+}
+
+void *
+__memmove_chk(void *d, const void *s, size_t n, size_t dn)
+{
+	if (n > dn)
+		abort();
+	return memmove(d, s, n);
+}
+
+void *
+__memset_chk(void *d, int c, size_t n, size_t dn)
+{
+	if (n > dn)
+		abort();
+	return memset(d, c, n);
+}
+#endif
 
 #ifdef WSFWD_TEST
 static int	 test_main(void);
@@ -3116,7 +3842,8 @@ test_args(void)
 {
 	static const char *badurl[] = { "http://x/", "ws://", "ws://:80/",
 	    "ws://h:0/", "ws://h:65536/", "ws://h:x/", "ws://u@h/",
-	    "ws://h/a b", "ws://h/#f", "ws://[::1/", "wss://h/" };
+	    "ws://h/a b", "ws://h/#f", "ws://[::1/", "wss://127.0.0.1/",
+	    "wss://[::1]:9443/" };
 	struct url u;
 	char err[128];
 	size_t sz, i;
@@ -3136,6 +3863,14 @@ test_args(void)
 	check(url_parse(&u, "ws://[::1]:9443?a=b", err, sizeof err) == 0 &&
 	    strcmp(u.host, "::1") == 0 && strcmp(u.hosthdr, "[::1]:9443") == 0
 	    && strcmp(u.target, "/?a=b") == 0, "url v6 port query");
+	free(u.target), free(u.text);
+	check(url_parse(&u, "wss://stream.binance.com:9443/ws/!miniTicker@arr",
+	    err, sizeof err) == 0 && u.tls && strcmp(u.port, "9443") == 0 &&
+	    strcmp(u.hosthdr, "stream.binance.com:9443") == 0, "wss url");
+	free(u.target), free(u.text);
+	check(url_parse(&u, "wss://h:443", err, sizeof err) == 0 &&
+	    strcmp(u.hosthdr, "h") == 0 && strcmp(u.target, "/") == 0,
+	    "wss default port");
 	free(u.target), free(u.text);
 	for (i = 0; i < LEN(badurl); i++)
 		check(url_parse(&u, badurl[i], err, sizeof err) < 0, badurl[i]);

@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# Build wsfwd, run the unit tests, the end-to-end chain tests and
+# tests/proto.py, then do the same against the sanitizer build.
+# Ends with one line "N passed, M failed"; exits non-zero on any failure.
+#
+# Style of OpenBSD regress/usr.bin/nc: real binaries on 127.0.0.1, free ports,
+# bounded waits on log lines, processes stopped by PID only.
+
+set -u
+cd "$(dirname "$0")" || exit 2
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/wsfwd-test.XXXXXX") || exit 2
+PIDS=""
+PASS=0
+FAIL=0
+
+cleanup() {
+	local p
+	exec 3>&-
+	for p in $PIDS; do
+		kill -0 "$p" 2>/dev/null && kill -TERM "$p" 2>/dev/null
+	done
+	for p in $PIDS; do
+		waitpid_bounded "$p" 30 || kill -KILL "$p" 2>/dev/null
+	done
+	rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ok()   { echo "ok - $1"; PASS=$((PASS + 1)); }
+nok()  { echo "FAIL - $1: $2"; FAIL=$((FAIL + 1)); }
+
+# Add "N passed, M failed" from the last such line of file $1 (M also goes to
+# LAST_FAILED); false if there is no such line.
+add_counts() {
+	local line
+	line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$1" | tail -n 1)
+	[ -n "$line" ] || return 1
+	set -- $line
+	PASS=$((PASS + $1))
+	FAIL=$((FAIL + $3))
+	LAST_FAILED=$3
+	return 0
+}
+
+free_port() {
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# waitpid_bounded PID TENTHS: true once PID has exited (polling kill -0).
+waitpid_bounded() {
+	local i=0
+	while kill -0 "$1" 2>/dev/null; do
+		[ "$i" -ge "$2" ] && return 1
+		sleep 0.1
+		i=$((i + 1))
+	done
+	return 0
+}
+
+# exit_status PID TENTHS: set RC to the exit status of a background child of
+# this shell, or to "timeout".  (Not in $(...): wait needs the parent shell.)
+exit_status() {
+	RC=timeout
+	waitpid_bounded "$1" "$2" || return 0
+	wait "$1"
+	RC=$?
+}
+
+# wait_log FILE STRING [COUNT] [TENTHS]: until FILE has COUNT lines with STRING.
+wait_log() {
+	local i=0 n
+	while :; do
+		n=$(grep -cF -- "$2" "$1" 2>/dev/null)
+		[ "${n:-0}" -ge "${3:-1}" ] && return 0
+		[ "$i" -ge "${4:-50}" ] && return 1
+		sleep 0.1
+		i=$((i + 1))
+	done
+}
+
+# wait_size FILE BYTES TENTHS
+wait_size() {
+	local i=0
+	while [ "$(wc -c <"$1" 2>/dev/null || echo 0)" -lt "$2" ]; do
+		[ "$i" -ge "$3" ] && return 1
+		sleep 0.1
+		i=$((i + 1))
+	done
+	return 0
+}
+
+stop_pid() {
+	kill -0 "$1" 2>/dev/null || return 0
+	kill -TERM "$1" 2>/dev/null
+	waitpid_bounded "$1" 30 || kill -KILL "$1" 2>/dev/null
+}
+
+# chain BIN TAG: A (stdin route fed by a fifo) -> B (upstream route) -> 3 cats.
+chain() {
+	local bin=$1 tag=$2 d=$T/$2 p1 p2 a b i cb
+	local cats=""
+	mkdir -p "$d"
+	p1=$(free_port)
+	p2=$(free_port)
+	mkfifo "$d/fifo"
+	timeout 60 "$bin" -l "127.0.0.1:$p1" /a=- <"$d/fifo" 2>"$d/a.log" &
+	a=$!
+	PIDS="$PIDS $a"
+	exec 3>"$d/fifo"	# held open so A sees no EOF while the chain connects
+	if ! wait_log "$d/a.log" "listening on 127.0.0.1:$p1"; then
+		nok "$tag chain: A listens" "no 'listening on 127.0.0.1:$p1' in A's log"
+		exec 3>&-
+		return
+	fi
+	# Children get 3>&-: a stray copy of the fifo's write end would hide EOF.
+	timeout 60 "$bin" -l "127.0.0.1:$p2" "/b=ws://127.0.0.1:$p1/a" 2>"$d/b.log" 3>&- &
+	b=$!
+	PIDS="$PIDS $b"
+	if wait_log "$d/b.log" "upstream /b: connected to ws://127.0.0.1:$p1/a" &&
+	    wait_log "$d/b.log" "listening on 127.0.0.1:$p2"; then
+		ok "$tag chain: B connects to A"
+	else
+		nok "$tag chain: B connects to A" "no 'upstream /b: connected' in B's log"
+	fi
+	for i in 1 2 3; do
+		timeout 60 "$bin" --cat "ws://127.0.0.1:$p2/b" >"$d/cat$i.out" 2>"$d/cat$i.log" 3>&- &
+		cats="$cats $!"
+		PIDS="$PIDS $!"
+	done
+	if wait_log "$d/b.log" "connected to /b" 3; then
+		ok "$tag chain: 3 cats connect to B"
+	else
+		nok "$tag chain: 3 cats connect to B" "B logged $(grep -c 'connected to /b' "$d/b.log") of 3"
+	fi
+
+	# 1000 numbered lines, then a 1 MiB line.
+	seq 1 1000 | sed 's/^/line /' >"$d/want"
+	head -c 1048576 /dev/zero | tr '\0' 'x' >>"$d/want"
+	echo >>"$d/want"
+	cat "$d/want" >&3
+	for i in 1 2 3; do
+		wait_size "$d/cat$i.out" "$(wc -c <"$d/want")" 150
+		if cmp -s "$d/want" "$d/cat$i.out"; then
+			ok "$tag chain: cat $i got 1000 lines and a 1 MiB line in order"
+		else
+			nok "$tag chain: cat $i got 1000 lines and a 1 MiB line in order" \
+			    "$(cmp "$d/want" "$d/cat$i.out" 2>&1 | head -n 1)"
+		fi
+	done
+
+	# EOF on the fifo: A closes its clients with 1000 and exits 0.
+	exec 3>&-
+	exit_status "$a" 50
+	if [ "$RC" = 0 ] && grep -qF "route /a: end of input" "$d/a.log"; then
+		ok "$tag chain: A exits 0 at end of input"
+	else
+		nok "$tag chain: A exits 0 at end of input" "status $RC, log: $(tail -n 1 "$d/a.log")"
+	fi
+	if wait_log "$d/b.log" "upstream /b: lost" 1 50; then
+		ok "$tag chain: B logs upstream loss"
+	else
+		nok "$tag chain: B logs upstream loss" "no 'upstream /b: lost' in B's log"
+	fi
+
+	# A comes back on the same port: B reconnects, the cats stayed connected.
+	timeout 60 "$bin" -l "127.0.0.1:$p1" /a=- <"$d/fifo" 2>"$d/a2.log" &
+	a=$!
+	PIDS="$PIDS $a"
+	exec 3>"$d/fifo"
+	if wait_log "$d/b.log" "upstream /b: connected" 2 150; then
+		echo "again" >&3
+		if wait_size "$d/cat3.out" "$(($(wc -c <"$d/want") + 6))" 50 &&
+		    [ "$(tail -n 1 "$d/cat3.out")" = again ]; then
+			ok "$tag chain: B reconnects, cats keep receiving"
+		else
+			nok "$tag chain: B reconnects, cats keep receiving" "cat 3 did not print 'again'"
+		fi
+	else
+		nok "$tag chain: B reconnects, cats keep receiving" "B did not reconnect within 15 s"
+	fi
+	exec 3>&-
+	exit_status "$a" 50
+
+	# SIGTERM to B: cats get close 1001 (not 1000), so they exit 1; B exits 0.
+	kill -TERM "$b"
+	exit_status "$b" 30
+	if [ "$RC" = 0 ]; then
+		ok "$tag chain: B exits 0 on SIGTERM"
+	else
+		nok "$tag chain: B exits 0 on SIGTERM" "status $RC"
+	fi
+	i=0
+	for cb in $cats; do
+		i=$((i + 1))
+		exit_status "$cb" 30
+		if [ "$RC" = 1 ] && [ -s "$d/cat$i.log" ]; then
+			ok "$tag chain: cat $i exits 1 on close 1001"
+		else
+			nok "$tag chain: cat $i exits 1 on close 1001" "status $RC"
+		fi
+	done
+	for cb in $cats; do stop_pid "$cb"; done
+	stop_pid "$b"
+}
+
+# cat_dead BIN TAG: --cat to a port nobody listens on.
+cat_dead() {
+	local rc
+	timeout 10 "$1" --cat "ws://127.0.0.1:$(free_port)/x" >"$T/$2/dead.out" 2>"$T/$2/dead.log"
+	rc=$?
+	if [ "$rc" = 1 ] && [ -s "$T/$2/dead.log" ]; then
+		ok "$2 cat of a dead port exits 1"
+	else
+		nok "$2 cat of a dead port exits 1" "status $rc"
+	fi
+}
+
+# proto BIN TAG: tests/proto.py with its logs under $T/TAG/proto.
+proto() {
+	mkdir -p "$T/$2/proto"
+	WSFWD_LOGDIR=$T/$2/proto timeout 170 python3 tests/proto.py "$1" \
+	    >"$T/$2/proto.out" 2>"$T/$2/proto.err"
+	grep -E '^(ok|FAIL) - ' "$T/$2/proto.out" | sed -E "s/^(ok|FAIL) - /\1 - $2 /"
+	add_counts "$T/$2/proto.out" || nok "$2 proto.py" "no summary line (timed out?)"
+	if grep -q '^FAIL' "$T/$2/proto.out"; then
+		echo "# $2 proto.py diagnostics:"
+		sed 's/^/# /' "$T/$2/proto.err" | tail -n 60
+	fi
+}
+
+# sanitizer_logs TAG: every wsfwd stderr log of the run must be clean.
+sanitizer_logs() {
+	local f bad=""
+	for f in $(find "$T/$1" -name '*.log' 2>/dev/null); do
+		if grep -qE 'ERROR: AddressSanitizer|runtime error:|LeakSanitizer' "$f"; then
+			bad="$bad ${f#$T/}"
+		fi
+	done
+	if [ -z "$bad" ]; then
+		ok "$1 no sanitizer reports in wsfwd logs"
+	else
+		nok "$1 no sanitizer reports in wsfwd logs" "$bad"
+	fi
+}
+
+suite() {
+	mkdir -p "$T/$2"
+	chain "$1" "$2"
+	cat_dead "$1" "$2"
+	proto "$1" "$2"
+	sanitizer_logs "$2"
+}
+
+if timeout 120 make >"$T/make.log" 2>&1 && [ -x ./wsfwd ]; then
+	ok "make"
+else
+	nok "make" "$(tail -n 3 "$T/make.log" | tr '\n' ' ')"
+	echo "$PASS passed, $FAIL failed"
+	exit 1
+fi
+
+if timeout 120 make unit >"$T/unit.log" 2>&1; then rc=0; else rc=$?; fi
+if add_counts "$T/unit.log"; then
+	echo "# unit: $(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$T/unit.log" | tail -n 1)"
+	grep -iE '^(FAIL|not ok)' "$T/unit.log" | sed 's/^/# unit: /'
+	[ "$rc" = 0 ] || [ "$LAST_FAILED" != 0 ] || nok "make unit" "exit status $rc"
+else
+	nok "make unit" "no 'N passed, M failed' line (status $rc): $(tail -n 2 "$T/unit.log" | tr '\n' ' ')"
+fi
+
+suite ./wsfwd plain
+
+if timeout 180 make asan >"$T/asan.log" 2>&1 && [ -x ./wsfwd-asan ]; then
+	ok "make asan"
+	export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+	export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+	suite ./wsfwd-asan asan
+else
+	nok "make asan" "$(tail -n 3 "$T/asan.log" | tr '\n' ' ')"
+fi
+
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" = 0 ]

@@ -1,0 +1,1538 @@
+#!/usr/bin/env python3
+"""Black-box protocol tests for wsfwd.
+
+usage: python3 tests/proto.py ./wsfwd [TEST...]
+
+Every test starts real wsfwd processes on 127.0.0.1 and talks to them over
+raw sockets: as a WebSocket client (class WS), as the upstream origin that
+wsfwd connects to (class FakeUpstream), or as the server for `--cat`.  All
+waits are bounded (socket timeouts <= 5 s, log polls with deadlines), every
+process is stopped by PID (SIGTERM, then SIGKILL) when its test ends, and
+wsfwd's stderr goes to a log file in $WSFWD_LOGDIR (or a private temporary
+directory) that is searched for sanitizer reports after each test.
+
+Output: one line per test, "ok - NAME" or "FAIL - NAME: reason", then a last
+line "N passed, M failed".  Diagnostics (log tails) go to stderr.
+"""
+
+import base64
+import hashlib
+import os
+import random
+import re
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+TIMEOUT = 5.0           # upper bound of every single socket wait
+HOST = "127.0.0.1"
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ")
+
+OP_CONT, OP_TEXT, OP_BIN = 0x0, 0x1, 0x2
+OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
+OP_NAMES = {0: "cont", 1: "text", 2: "binary", 8: "close", 9: "ping", 10: "pong"}
+
+BIN = None              # path of the binary under test (argv[1])
+LOGDIR = None
+CURRENT = "setup"       # name of the running test, used to name log files
+PROCS = []              # Wsfwd objects started by the running test
+SOCKS = []              # sockets opened by the running test
+
+
+class TestFail(Exception):
+    pass
+
+
+class Timeout(TestFail):
+    pass
+
+
+class Closed(TestFail):
+    pass
+
+
+def fail(msg):
+    raise TestFail(msg)
+
+
+def short(v, n=80):
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + "...(%d)" % len(v)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def eq(got, want, what):
+    if got != want:
+        fail("%s: got %s, want %s" % (what, short(got), short(want)))
+
+
+# ---------------------------------------------------------------- codecs
+
+def accept_key(key):
+    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+
+
+def new_key(nbytes=16):
+    return base64.b64encode(os.urandom(nbytes)).decode()
+
+
+def mask_bytes(data, key):
+    if not data:
+        return b""
+    n = len(data)
+    k = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
+
+
+def encode_frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None):
+    """One frame; `length` overrides the encoded length (for bad headers)."""
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    n = len(payload) if length is None else length
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        hdr = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536:
+        hdr = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        hdr = struct.pack("!BBQ", b0, mbit | 127, n)
+    if mask:
+        key = os.urandom(4)
+        return hdr + key + mask_bytes(payload, key)
+    return hdr + payload
+
+
+def close_payload(code, reason=b""):
+    return struct.pack("!H", code) + reason
+
+
+class Frame:
+    def __init__(self, fin, rsv, opcode, masked, payload):
+        self.fin, self.rsv, self.opcode = fin, rsv, opcode
+        self.masked, self.payload = masked, payload
+
+    @property
+    def code(self):
+        if self.opcode == OP_CLOSE and len(self.payload) >= 2:
+            return struct.unpack("!H", self.payload[:2])[0]
+        return None
+
+    def __repr__(self):
+        s = "%s%s" % (OP_NAMES.get(self.opcode, "op%d" % self.opcode),
+                      "" if self.fin else "(FIN=0)")
+        if self.opcode == OP_CLOSE and self.code is not None:
+            return "close %d %s" % (self.code, short(self.payload[2:], 40))
+        return "%s %s" % (s, short(self.payload, 40))
+
+
+class HttpHead:
+    def __init__(self, raw):
+        lines = raw.decode("latin-1").split("\r\n")
+        self.start = lines[0]
+        self.headers = []
+        for ln in lines[1:]:
+            name, _, value = ln.partition(":")
+            self.headers.append((name.strip().lower(), value.strip()))
+        parts = self.start.split(" ", 2)
+        self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+    def get(self, name):
+        for n, v in self.headers:
+            if n == name.lower():
+                return v
+        return None
+
+    def tokens(self, name):
+        v = self.get(name) or ""
+        return [t.strip().lower() for t in v.split(",")]
+
+
+def build_request(port, path="/a", method="GET", version="HTTP/1.1",
+                  key=None, headers=None):
+    """A valid upgrade request; `headers` overrides by name, None drops one."""
+    key = key or new_key()
+    hs = [("Host", "%s:%d" % (HOST, port)), ("Upgrade", "websocket"),
+          ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
+          ("Sec-WebSocket-Version", "13")]
+    over = {k.lower(): (k, v) for k, v in (headers or {}).items()}
+    out = []
+    for n, v in hs:
+        if n.lower() in over:
+            n, v = over.pop(n.lower())
+        if v is not None:
+            out.append((n, v))
+    out += [(n, v) for n, v in over.values() if v is not None]
+    text = "%s %s %s\r\n" % (method, path, version)
+    text += "".join("%s: %s\r\n" % nv for nv in out) + "\r\n"
+    return text.encode(), key
+
+
+# ---------------------------------------------------------------- peers
+
+class Peer:
+    """A buffered socket that parses WebSocket frames and HTTP heads."""
+    expect_masked = None        # True/False: assert the masking direction
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = bytearray()
+        sock.settimeout(TIMEOUT)
+        SOCKS.append(sock)
+
+    @property
+    def lport(self):
+        return self.sock.getsockname()[1]
+
+    def fill(self, deadline):
+        """Append one recv() to self.buf; each wait is at most TIMEOUT."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout("timed out waiting for data")
+            self.sock.settimeout(min(left, TIMEOUT))
+            try:
+                data = self.sock.recv(262144)
+                break
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                raise Closed("connection reset")
+        if not data:
+            raise Closed("connection closed (EOF)")
+        self.buf += data
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def send_frame(self, opcode, payload=b"", fin=True, mask=None, rsv=0):
+        if mask is None:
+            mask = not self.expect_masked
+        self.send_raw(encode_frame(opcode, payload, fin, mask, rsv))
+
+    def parse_frame(self):
+        """A complete, checked frame from self.buf, or None if more is needed."""
+        b = self.buf
+        if len(b) < 2:
+            return None
+        b0, b1 = b[0], b[1]
+        n, off = b1 & 127, 2
+        if n == 126:
+            if len(b) < 4:
+                return None
+            n, off = int.from_bytes(b[2:4], "big"), 4
+        elif n == 127:
+            if len(b) < 10:
+                return None
+            n, off = int.from_bytes(b[2:10], "big"), 10
+        check(n < 1 << 31, "frame length %d from wsfwd" % n)
+        masked = bool(b1 & 0x80)
+        key = None
+        if masked:
+            if len(b) < off + 4:
+                return None
+            key, off = bytes(b[off:off + 4]), off + 4
+        if len(b) < off + n:
+            return None
+        payload = bytes(b[off:off + n])
+        del b[:off + n]
+        if masked:
+            payload = mask_bytes(payload, key)
+        f = Frame(bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 15, masked, payload)
+        self.check_frame(f)
+        return f
+
+    def recv_frame(self, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while True:
+            f = self.parse_frame()
+            if f is not None:
+                return f
+            self.fill(deadline)
+
+    def check_frame(self, f):
+        if self.expect_masked is not None and f.masked != self.expect_masked:
+            fail("frame %r from wsfwd is %s" % (f, "masked" if f.masked else "not masked"))
+        check(f.rsv == 0, "frame %r from wsfwd has RSV bits %d" % (f, f.rsv))
+        if f.opcode >= 8:
+            check(f.fin and len(f.payload) <= 125, "bad control frame %r from wsfwd" % f)
+
+    def recv_msg(self, timeout=TIMEOUT):
+        """Next data frame (answering pings); fail on close or fragmentation."""
+        deadline = time.monotonic() + timeout
+        while True:
+            f = self.recv_frame(max(0.01, deadline - time.monotonic()))
+            if f.opcode == OP_PING:
+                self.send_frame(OP_PONG, f.payload)
+                continue
+            if f.opcode == OP_PONG:
+                continue
+            check(f.opcode != OP_CLOSE, "got %r while waiting for a message" % f)
+            check(f.opcode in (OP_TEXT, OP_BIN), "got %r, want a data frame" % f)
+            check(f.fin, "wsfwd sent a fragmented message (%r)" % f)
+            return f
+
+    def expect_msg(self, opcode, payload, timeout=TIMEOUT):
+        try:
+            f = self.recv_msg(timeout)
+        except (Timeout, Closed) as e:
+            fail("waiting for %s %s: %s" % (OP_NAMES[opcode], short(payload, 40), e))
+        if (f.opcode, f.payload) != (opcode, payload):
+            fail("got %r, want %s %s" % (f, OP_NAMES[opcode], short(payload, 40)))
+
+    def expect_eof(self, timeout=TIMEOUT):
+        """The peer closes TCP with no further data (a reset counts as closed)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.buf:
+                self.fill(deadline)
+        except Closed:
+            return
+        except Timeout:
+            fail("TCP connection still open %.1f s after the close frame" % timeout)
+        fail("data after close frame: %s" % short(bytes(self.buf)))
+
+    def wait_closed(self, timeout=TIMEOUT):
+        """Discard data until the peer closes TCP; return the seconds it took."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        try:
+            while True:
+                self.buf.clear()
+                self.fill(deadline)
+        except Closed:
+            return time.monotonic() - t0
+        except Timeout:
+            fail("connection not closed within %.1f s" % timeout)
+
+    def expect_close(self, code, timeout=TIMEOUT, reply=False):
+        """Next frame is a close with `code`; then TCP is closed.
+
+        reply=True answers it first, as a client must after a server-initiated
+        close; for protocol errors the server closes TCP without waiting."""
+        try:
+            f = self.recv_frame(timeout)
+        except Closed as e:
+            fail("no close frame (want %d): %s" % (code, e))
+        except Timeout:
+            fail("no close frame (want %d) within %.1f s" % (code, timeout))
+        if f.opcode != OP_CLOSE or f.code != code:
+            fail("got %r, want close %d" % (f, code))
+        if reply:
+            try:
+                self.send_frame(OP_CLOSE, close_payload(code))
+            except OSError:
+                pass
+        self.expect_eof(timeout)
+
+    def read_head(self, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        try:
+            while b"\r\n\r\n" not in self.buf:
+                check(len(self.buf) < 65536, "HTTP response head too long")
+                self.fill(deadline)
+        except (Closed, Timeout) as e:
+            fail("no HTTP response (%s; got %s)" % (e, short(bytes(self.buf))))
+        i = self.buf.index(b"\r\n\r\n")
+        head = HttpHead(bytes(self.buf[:i]))
+        del self.buf[:i + 4]
+        return head
+
+
+class WS(Peer):
+    """A raw WebSocket client of wsfwd."""
+    expect_masked = False
+
+    def __init__(self, port, rcvbuf=None):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().__init__(s)
+        self.port = port
+        s.connect((HOST, port))
+
+    @classmethod
+    def open(cls, port, path="/a", **kw):
+        ws = cls(port, **kw)
+        ws.handshake(path)
+        return ws
+
+    def handshake(self, path="/a", headers=None, extra=b""):
+        req, key = build_request(self.port, path, headers=headers)
+        self.send_raw(req + extra)
+        head = self.read_head()
+        check_101(head, key)
+        return head
+
+    def ping_pong(self, payload=None, timeout=TIMEOUT):
+        """The connection is alive: a ping gets a pong with the same payload."""
+        if payload is None:
+            payload = os.urandom(8)
+        try:
+            self.send_frame(OP_PING, payload)
+        except OSError as e:
+            fail("sending ping: %s" % e)
+        try:
+            f = self.recv_frame(timeout)
+        except (Closed, Timeout) as e:
+            fail("no pong: %s" % e)
+        if f.opcode != OP_PONG or f.payload != payload:
+            fail("got %r, want pong %s" % (f, short(payload, 40)))
+
+
+def check_101(head, key):
+    eq(head.start, "HTTP/1.1 101 Switching Protocols", "status line")
+    eq((head.get("upgrade") or "").lower(), "websocket", "Upgrade header")
+    check("upgrade" in head.tokens("connection"),
+          "Connection header %r lacks upgrade" % head.get("connection"))
+    eq(head.get("sec-websocket-accept"), accept_key(key), "Sec-WebSocket-Accept")
+
+
+class FakeUpstream:
+    """A listening origin server that wsfwd (or --cat) connects to."""
+
+    def __init__(self):
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind((HOST, 0))
+        self.lsock.listen(8)
+        SOCKS.append(self.lsock)
+        self.port = self.lsock.getsockname()[1]
+
+    def url(self, target="/up"):
+        return "ws://%s:%d%s" % (HOST, self.port, target)
+
+    def accept(self, timeout=TIMEOUT):
+        self.lsock.settimeout(timeout)
+        try:
+            s, _ = self.lsock.accept()
+        except socket.timeout:
+            raise Timeout("no connection to the fake upstream within %.1f s" % timeout)
+        return UpConn(s, self.port)
+
+    def accept_ws(self, target="/up", timeout=TIMEOUT):
+        c = self.accept(timeout)
+        c.handshake(target)
+        return c
+
+
+class UpConn(Peer):
+    """wsfwd's upstream connection, seen from the origin server's side."""
+    expect_masked = True
+
+    def __init__(self, sock, port):
+        super().__init__(sock)
+        self.port = port
+
+    def read_request(self, target):
+        """Read and verify the client's upgrade request; return its key."""
+        head = self.read_head()
+        eq(head.start, "GET %s HTTP/1.1" % target, "request line")
+        eq(head.get("host"), "%s:%d" % (HOST, self.port), "Host header")
+        eq((head.get("upgrade") or "").lower(), "websocket", "Upgrade header")
+        check("upgrade" in head.tokens("connection"),
+              "Connection header %r lacks upgrade" % head.get("connection"))
+        eq(head.get("sec-websocket-version"), "13", "Sec-WebSocket-Version")
+        key = head.get("sec-websocket-key") or ""
+        try:
+            raw = base64.b64decode(key, validate=True)
+        except ValueError:
+            fail("Sec-WebSocket-Key %r is not base64" % key)
+        eq(len(raw), 16, "decoded Sec-WebSocket-Key length")
+        return key
+
+    def reply_101(self, key, accept=None, extra=b""):
+        resp = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
+                % (accept or accept_key(key)))
+        self.send_raw(resp.encode() + extra)
+
+    def handshake(self, target="/up", extra=b""):
+        self.reply_101(self.read_request(target), extra=extra)
+
+    def rst(self):
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+# ---------------------------------------------------------------- processes
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((HOST, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Wsfwd:
+    """One wsfwd process with stderr in a log file under LOGDIR."""
+
+    def __init__(self, args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                 role="server"):
+        self.role = role
+        self.log_path = os.path.join(LOGDIR, "%s.%d.%s.log" % (CURRENT, len(PROCS), role))
+        self.args = args
+        self.killed = False
+        with open(self.log_path, "wb") as logf:
+            self.proc = subprocess.Popen([BIN] + args, stdin=stdin, stdout=stdout,
+                                         stderr=logf)
+        PROCS.append(self)
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, substr, timeout=TIMEOUT, count=1):
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.proc.poll() is not None
+            text = self.log()
+            if text.count(substr) >= count:
+                return text
+            if exited:
+                fail("%s exited %s before logging %r" % (self.role, self.proc.returncode, substr))
+            if time.monotonic() > deadline:
+                fail("%s did not log %r%s within %.1f s" % (
+                    self.role, substr, "" if count == 1 else " x%d" % count, timeout))
+            time.sleep(0.02)
+
+    def wait_client(self, ws, path):
+        self.wait_log("%s:%d connected to %s" % (HOST, ws.lport, path))
+
+    def feed(self, data):
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def wait_exit(self, timeout):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            fail("%s still running %.1f s later" % (self.role, timeout))
+
+    def stop(self):
+        """Terminate by PID; return a problem string or None."""
+        if self.proc.stdin:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.killed = True
+                self.proc.kill()
+                self.proc.wait()
+                return "%s ignored SIGTERM for 3 s (killed)" % self.role
+        rc = self.proc.returncode
+        crash = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL)
+        if rc < 0 and -rc in crash:
+            return "%s died of signal %d" % (self.role, -rc)
+        return None
+
+
+def start_server(*args, stdin=True):
+    """wsfwd -l 127.0.0.1:PORT ARGS..., once it logs that it listens."""
+    port = free_port()
+    w = Wsfwd(["-l", "%s:%d" % (HOST, port)] + list(args),
+              stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
+    w.port = port
+    w.wait_log("listening on %s:%d" % (HOST, port))
+    return w
+
+
+def client(w, path="/a", **kw):
+    """A handshaken client that wsfwd has logged as connected."""
+    ws = WS.open(w.port, path, **kw)
+    w.wait_client(ws, path)
+    return ws
+
+
+def assert_still_serving(w, path="/a"):
+    """wsfwd is alive and a new client on a `-` route gets a fed line."""
+    check(w.alive(), "wsfwd exited (status %s)" % w.proc.returncode)
+    c = client(w, path)
+    line = "still serving %d" % random.randrange(1 << 30)
+    w.feed(line.encode() + b"\n")
+    c.expect_msg(OP_TEXT, line.encode())
+
+
+def run_cmd(args, timeout=TIMEOUT, stdin=subprocess.DEVNULL):
+    """Run BIN ARGS to completion (bounded); return (rc, stdout, stderr)."""
+    log_path = os.path.join(LOGDIR, "%s.%d.cmd.log" % (CURRENT, len(PROCS)))
+    PROCS.append(None)
+    p = subprocess.Popen([BIN] + args, stdin=stdin, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        fail("`wsfwd %s` still running after %.1f s" % (" ".join(args), timeout))
+    with open(log_path, "wb") as f:
+        f.write(err)
+    return p.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------- registry
+
+TESTS = {}
+
+
+def test(fn):
+    TESTS[fn.__name__[len("t_"):]] = fn
+    return fn
+
+
+def add(name, fn, *args, **kw):
+    assert name not in TESTS, name
+    TESTS[name] = lambda: fn(*args, **kw)
+
+
+# ---------------------------------------------------------------- handshake
+
+@test
+def t_hs_valid():
+    w = start_server("/a=-")
+    ws = WS(w.port)
+    head = ws.handshake("/a")
+    check(not ws.buf, "unexpected bytes after the 101: %s" % short(bytes(ws.buf)))
+    w.wait_client(ws, "/a")
+    ws.ping_pong()
+
+
+@test
+def t_hs_header_case_and_tokens():
+    w = start_server("/a=-")
+    ws = WS(w.port)
+    req, key = build_request(w.port, "/a", headers={
+        "Host": None, "Upgrade": None, "Connection": None,
+        "host": "127.0.0.1:%d" % w.port, "UPGRADE": "WebSocket",
+        "connection": "keep-alive, Upgrade", "User-Agent": "proto.py"})
+    ws.send_raw(req)
+    check_101(ws.read_head(), key)
+    ws.ping_pong()
+
+
+@test
+def t_hs_rfc_sample_key():
+    # RFC 6455 section 1.3: dGhlIHNhbXBsZSBub25jZQ== -> s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
+    w = start_server("/a=-")
+    ws = WS(w.port)
+    req, key = build_request(w.port, "/a", key="dGhlIHNhbXBsZSBub25jZQ==")
+    ws.send_raw(req)
+    head = ws.read_head()
+    eq(head.get("sec-websocket-accept"), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "accept for RFC key")
+
+
+@test
+def t_hs_query_ignored():
+    w = start_server("/a=-")
+    ws = WS.open(w.port, "/a?x=1&y=2")
+    w.wait_log("%s:%d connected to /a" % (HOST, ws.lport))
+    w.feed(b"q\n")
+    ws.expect_msg(OP_TEXT, b"q")
+
+
+def expect_status(status, path="/a", raw=None, headers=None, method="GET",
+                  version="HTTP/1.1", key=None, need_header=None):
+    w = start_server("/a=-")
+    ws = WS(w.port)
+    if raw is None:
+        raw, _ = build_request(w.port, path, method, version, key, headers)
+    try:
+        ws.send_raw(raw)
+    except OSError:
+        pass                    # oversized request: wsfwd may stop reading early
+    head = ws.read_head()
+    allowed = status if isinstance(status, tuple) else (status,)
+    check(head.status in allowed, "HTTP status: got %r, want %s" % (
+        head.start, " or ".join(map(str, allowed))))
+    check(head.start.startswith("HTTP/1.1 "), "status line %r" % head.start)
+    if need_header:
+        eq(head.get(need_header[0]), need_header[1], need_header[0] + " header")
+    ws.wait_closed()
+    assert_still_serving(w)
+
+
+add("hs_404_unknown_path", expect_status, 404, path="/nope")
+add("hs_404_prefix_only", expect_status, 404, path="/ab")
+add("hs_400_no_host", expect_status, 400, headers={"Host": None})
+add("hs_400_no_upgrade", expect_status, 400, headers={"Upgrade": None})
+add("hs_400_bad_upgrade", expect_status, 400, headers={"Upgrade": "h2c"})
+add("hs_400_no_connection", expect_status, 400, headers={"Connection": None})
+add("hs_400_connection_no_upgrade", expect_status, 400, headers={"Connection": "keep-alive"})
+add("hs_400_no_key", expect_status, 400, headers={"Sec-WebSocket-Key": None})
+add("hs_400_key_12_bytes", expect_status, 400, key=new_key(12))
+add("hs_400_key_not_base64", expect_status, 400, key="!!!!!!!!!!!!!!!!!!!!!!==")
+add("hs_400_http10", expect_status, 400, version="HTTP/1.0")
+add("hs_426_version_8", expect_status, 426, headers={"Sec-WebSocket-Version": "8"},
+    need_header=("sec-websocket-version", "13"))
+add("hs_400_no_version", expect_status, (400, 426), headers={"Sec-WebSocket-Version": None})
+add("hs_405_post", expect_status, 405, method="POST")
+add("hs_400_oversized_head", expect_status, 400,
+    raw=b"GET /a HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 9000 + b"\r\n")
+add("hs_400_garbage", expect_status, 400, raw=b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\r\n\r\n")
+
+
+@test
+def t_hs_byte_at_a_time():
+    w = start_server("/a=-")
+    ws = WS(w.port)
+    req, key = build_request(w.port, "/a")
+    for i in range(len(req)):
+        ws.send_raw(req[i:i + 1])
+        time.sleep(0.002)
+    check_101(ws.read_head(), key)
+    w.wait_client(ws, "/a")
+    ping = encode_frame(OP_PING, b"bytewise")
+    for i in range(len(ping)):
+        ws.send_raw(ping[i:i + 1])
+        time.sleep(0.002)
+    f = ws.recv_frame()
+    eq((f.opcode, f.payload), (OP_PONG, b"bytewise"), "reply to a bytewise ping")
+
+
+@test
+def t_hs_pipelined_frames():
+    w = start_server("/a=-")
+    ws = WS(w.port)
+    req, key = build_request(w.port, "/a")
+    ws.send_raw(req + encode_frame(OP_PING, b"one") + encode_frame(OP_PING, b"two"))
+    check_101(ws.read_head(), key)
+    for p in (b"one", b"two"):
+        f = ws.recv_frame()
+        eq((f.opcode, f.payload), (OP_PONG, p), "pong to pipelined ping")
+
+
+@test
+def t_hs_idle_timeout():
+    w = start_server("/a=-")
+    idle = WS(w.port)
+    t0 = time.monotonic()
+    good = client(w)            # an idle socket must not block others
+    good.ping_pong()
+    idle.wait_closed(timeout=15)
+    took = time.monotonic() - t0
+    check(5 <= took <= 13, "idle connection closed after %.1f s, want ~10 s" % took)
+    good.ping_pong()
+
+
+@test
+def t_hs_max_clients():
+    w = start_server("--max-clients", "1", "/a=-")
+    c1 = client(w)
+    c2 = WS(w.port)
+    req, _ = build_request(w.port, "/a")
+    c2.send_raw(req)
+    head = c2.read_head()
+    eq(head.status, 503, "status for the second client (%s)" % head.start)
+    c2.wait_closed()
+    c1.ping_pong()
+    c1.send_frame(OP_CLOSE, close_payload(1000))
+    c1.expect_close(1000)
+    w.wait_log("disconnected from /a")
+    c3 = client(w)              # the slot is free again
+    c3.ping_pong()
+
+
+# ---------------------------------------------------------------- client frames
+
+def expect_protocol_close(data, code, opts=()):
+    """Send raw bytes after the handshake; expect close `code`, then TCP close."""
+    w = start_server(*opts, "/a=-")
+    ws = client(w)
+    try:
+        ws.send_raw(data)
+    except OSError:
+        pass
+    ws.expect_close(code)
+    w.wait_log("%s:%d disconnected from /a" % (HOST, ws.lport))
+    assert_still_serving(w)
+
+
+def T(payload):
+    return encode_frame(OP_TEXT, payload)
+
+
+add("fr_unmasked", expect_protocol_close, encode_frame(OP_TEXT, b"hi", mask=False), 1002)
+add("fr_unmasked_ping", expect_protocol_close, encode_frame(OP_PING, b"hi", mask=False), 1002)
+for _rsv in (4, 2, 1):
+    add("fr_rsv%d" % {4: 1, 2: 2, 1: 3}[_rsv], expect_protocol_close,
+        encode_frame(OP_TEXT, b"hi", rsv=_rsv), 1002)
+for _op in (3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF):
+    add("fr_opcode_%x" % _op, expect_protocol_close, encode_frame(_op, b"x"), 1002)
+add("fr_control_126", expect_protocol_close, encode_frame(OP_PING, b"p" * 126), 1002)
+add("fr_close_126", expect_protocol_close,
+    encode_frame(OP_CLOSE, close_payload(1000, b"r" * 124)), 1002)
+add("fr_ping_fragmented", expect_protocol_close, encode_frame(OP_PING, b"x", fin=False), 1002)
+add("fr_continuation_first", expect_protocol_close, encode_frame(OP_CONT, b"x"), 1002)
+add("fr_text_during_fragments", expect_protocol_close,
+    encode_frame(OP_TEXT, b"a", fin=False) + encode_frame(OP_TEXT, b"b"), 1002)
+add("fr_binary_during_fragments", expect_protocol_close,
+    encode_frame(OP_BIN, b"a", fin=False) + encode_frame(OP_BIN, b"b"), 1002)
+add("fr_close_1_byte", expect_protocol_close, encode_frame(OP_CLOSE, b"\x03"), 1002)
+for _code in (0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535):
+    add("fr_close_code_%d" % _code, expect_protocol_close,
+        encode_frame(OP_CLOSE, close_payload(_code)), 1002)
+add("fr_close_reason_bad_utf8", expect_protocol_close,
+    encode_frame(OP_CLOSE, close_payload(1000, b"ok\xff")), 1007)
+for _name, _bad in (("ff", b"\xff"), ("overlong", b"\xc0\xaf"),
+                    ("overlong3", b"\xe0\x80\xaf"), ("surrogate", b"\xed\xa0\x80"),
+                    ("above_10ffff", b"\xf4\x90\x80\x80"), ("truncated", b"ok\xe2\x82"),
+                    ("lone_continuation", b"a\x80b")):
+    add("fr_utf8_" + _name, expect_protocol_close, T(b"x" + _bad), 1007)
+add("fr_utf8_fragments_surrogate", expect_protocol_close,
+    encode_frame(OP_TEXT, b"ab\xed", fin=False) + encode_frame(OP_CONT, b"\xa0\x80"), 1007)
+add("fr_utf8_fragments_truncated", expect_protocol_close,
+    encode_frame(OP_TEXT, b"ab", fin=False) + encode_frame(OP_CONT, b"\xe2\x82", fin=False)
+    + encode_frame(OP_CONT, b""), 1007)
+add("fr_too_big", expect_protocol_close, T(b"x" * 2000), 1009, ("--max-message", "1K"))
+add("fr_too_big_binary", expect_protocol_close, encode_frame(OP_BIN, os.urandom(70000)), 1009,
+    ("--max-message", "64K"))
+add("fr_too_big_fragments", expect_protocol_close,
+    encode_frame(OP_TEXT, b"y" * 500, fin=False) + encode_frame(OP_CONT, b"y" * 500, fin=False)
+    + encode_frame(OP_CONT, b"y" * 500), 1009, ("--max-message", "1K"))
+add("fr_len64_msb", expect_protocol_close,
+    bytes([0x82, 0x80 | 127]) + struct.pack("!Q", 1 << 63) + os.urandom(4), 1002)
+
+
+def expect_close_echo(payload, want):
+    w = start_server("/a=-")
+    ws = client(w)
+    ws.send_frame(OP_CLOSE, payload)
+    f = ws.recv_frame()
+    eq(f.opcode, OP_CLOSE, "reply opcode")
+    if want is None:
+        check(f.payload in (b"", close_payload(1000)) or f.code == 1000,
+              "reply to an empty close: %r" % f)
+    else:
+        eq(f.code, want, "echoed close code")
+    ws.expect_eof()
+    w.wait_log("%s:%d disconnected from /a" % (HOST, ws.lport))
+    assert_still_serving(w)
+
+
+for _code in (1000, 1001, 1003, 1011, 3000, 4999):
+    add("fr_close_echo_%d" % _code, expect_close_echo, close_payload(_code, b"bye"), _code)
+add("fr_close_echo_empty", expect_close_echo, b"", None)
+add("fr_close_echo_utf8_reason", expect_close_echo,
+    close_payload(1000, "fin \u20ac".encode()), 1000)
+
+
+def expect_stays_open(data, opts=()):
+    w = start_server(*opts, "/a=-")
+    ws = client(w)
+    ws.send_raw(data)
+    ws.ping_pong()
+    w.feed(b"after\n")
+    ws.expect_msg(OP_TEXT, b"after")
+
+
+_EURO = "\u20ac".encode()               # e2 82 ac
+_CLEF = "\U0001d11e".encode()           # f0 9d 84 9e
+add("fr_utf8_valid", expect_stays_open, T("h\u00e9llo \u20ac \U0001d11e".encode()))
+add("fr_utf8_split_codepoint", expect_stays_open,
+    encode_frame(OP_TEXT, b"a" + _EURO[:1], fin=False)
+    + encode_frame(OP_CONT, _EURO[1:2], fin=False)
+    + encode_frame(OP_CONT, _EURO[2:] + _CLEF[:3], fin=False)
+    + encode_frame(OP_CONT, _CLEF[3:] + b"z"))
+add("fr_binary_not_utf8", expect_stays_open, encode_frame(OP_BIN, b"\xff\xfe\xc0\xaf"))
+add("fr_binary_fragments", expect_stays_open,
+    encode_frame(OP_BIN, b"\xff", fin=False) + encode_frame(OP_CONT, b"\xfe"))
+add("fr_empty_text", expect_stays_open, T(b""))
+add("fr_unsolicited_pong", expect_stays_open, encode_frame(OP_PONG, b"unasked"))
+add("fr_len16_and_len64", expect_stays_open,
+    T(b"m" * 200) + T(b"n" * 70000) + encode_frame(OP_BIN, os.urandom(65535)))
+add("fr_at_max_message", expect_stays_open,
+    T(b"x" * 1000) + encode_frame(OP_TEXT, b"y" * 500, fin=False) + encode_frame(OP_CONT, b"y" * 500),
+    ("--max-message", "1K"))
+
+
+def ping_echo(payload):
+    w = start_server("/a=-")
+    ws = client(w)
+    ws.ping_pong(payload)
+    ws.ping_pong(payload)
+
+
+add("fr_ping_empty", ping_echo, b"")
+add("fr_ping_payload", ping_echo, b"hello")
+add("fr_ping_125", ping_echo, bytes(range(125)))
+
+
+@test
+def t_fr_ping_between_fragments():
+    w = start_server("/a=-")
+    ws = client(w)
+    ws.send_raw(encode_frame(OP_TEXT, b"ab", fin=False) + encode_frame(OP_PING, b"mid")
+                + encode_frame(OP_CONT, b"cd"))
+    f = ws.recv_frame()
+    eq((f.opcode, f.payload), (OP_PONG, b"mid"), "reply to ping between fragments")
+    ws.ping_pong()
+
+
+@test
+def t_fr_many_pings_one_segment():
+    # RFC 6455 5.5.3 lets an endpoint answer only the most recent of several
+    # pings, so pongs may be skipped, but those sent must keep the pings'
+    # order and the last one must answer the last ping.
+    w = start_server("/a=-")
+    ws = client(w)
+    ws.send_raw(b"".join(encode_frame(OP_PING, b"%d" % i) for i in range(50)))
+    seen = []
+    while not seen or seen[-1] != 49:
+        try:
+            f = ws.recv_frame()
+        except (Timeout, Closed) as e:
+            fail("pongs so far %s, none for ping 49: %s" % (seen, e))
+        eq(f.opcode, OP_PONG, "reply opcode")
+        seen.append(int(f.payload))
+        check(seen == sorted(set(seen)), "pongs out of order: %s" % seen)
+
+
+# ---------------------------------------------------------------- fan-out
+
+def read_msgs(ws, n, timeout=10):
+    deadline = time.monotonic() + timeout
+    out = []
+    for i in range(n):
+        try:
+            out.append(ws.recv_msg(max(0.01, deadline - time.monotonic())))
+        except (Timeout, Closed) as e:
+            fail("client got %d of %d messages: %s" % (i, n, e))
+    return out
+
+
+@test
+def t_fo_order_two_clients():
+    w = start_server("/a=-")
+    a, b = client(w), client(w)
+    lines = [("line %d " % i).encode() + os.urandom(8).hex().encode() for i in range(1000)]
+    w.feed(b"".join(l + b"\n" for l in lines))
+    for name, ws in (("first", a), ("second", b)):
+        got = read_msgs(ws, len(lines))
+        for i, f in enumerate(got):
+            if (f.opcode, f.payload) != (OP_TEXT, lines[i]):
+                fail("%s client message %d: got %r, want %s" % (name, i, f, short(lines[i])))
+
+
+@test
+def t_fo_many_clients_cat_and_raw():
+    w = start_server("/a=-")
+    url = "ws://%s:%d/a" % (HOST, w.port)
+    outs, cats = [], []
+    for i in range(3):
+        path = os.path.join(LOGDIR, "%s.cat%d.out" % (CURRENT, i))
+        with open(path, "wb") as f:
+            cats.append(Wsfwd(["--cat", url], stdout=f, role="cat%d" % i))
+        outs.append(path)
+    raws = [client(w), client(w)]
+    w.wait_log("connected to /a", count=5)
+    lines = [("msg %04d " % i).encode() + os.urandom(6).hex().encode() for i in range(1000)]
+    big = bytes(random.choice(b"abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(1 << 20))
+    lines.append(big)
+    want = b"".join(l + b"\n" for l in lines)
+    w.feed(want)
+    for ws in raws:
+        got = read_msgs(ws, len(lines), timeout=15)
+        for i, f in enumerate(got):
+            if (f.opcode, f.payload) != (OP_TEXT, lines[i]):
+                fail("raw client message %d: got %r, want %s" % (i, f, short(lines[i])))
+    deadline = time.monotonic() + 10
+    for path in outs:
+        while os.path.getsize(path) < len(want) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with open(path, "rb") as f:
+            got = f.read()
+        if got != want:
+            i = next((k for k in range(min(len(got), len(want))) if got[k] != want[k]),
+                     min(len(got), len(want)))
+            fail("%s: %d bytes, want %d; first difference at byte %d" % (
+                os.path.basename(path), len(got), len(want), i))
+    w.proc.stdin.close()        # EOF: close 1000 to everyone, then exit 0
+    for ws in raws:
+        ws.expect_close(1000, reply=True)
+    for c in cats:
+        eq(c.wait_exit(5), 0, "%s exit status after close 1000" % c.role)
+    eq(w.wait_exit(5), 0, "server exit status after stdin EOF")
+
+
+@test
+def t_fo_stdin_eof():
+    w = start_server("/a=-")
+    a, b = client(w), client(w)
+    w.feed(b"last\n")
+    w.proc.stdin.close()
+    for ws in (a, b):
+        ws.expect_msg(OP_TEXT, b"last")
+        ws.expect_close(1000, reply=True)
+    w.wait_log("route /a: end of input")
+    eq(w.wait_exit(5), 0, "exit status after stdin EOF")
+
+
+@test
+def t_fo_stdin_eof_partial_line():
+    # "each line without its newline": a final unterminated line is still a line
+    w = start_server("/a=-")
+    ws = client(w)
+    w.feed(b"one\ntwo")
+    ws.expect_msg(OP_TEXT, b"one")
+    w.proc.stdin.close()
+    f = ws.recv_frame()
+    if f.opcode == OP_TEXT:
+        eq(f.payload, b"two", "unterminated last line")
+        f = ws.recv_frame()
+    eq(f.code, 1000, "close code after EOF (%r)" % f)
+    eq(w.wait_exit(5), 0, "exit status after stdin EOF")
+
+
+@test
+def t_fo_routes_are_separate():
+    up = FakeUpstream()
+    w = start_server("-", up.url("/up?k=v"))   # paths "/" and "/up"
+    root, sub = client(w, "/"), client(w, "/up")
+    u = up.accept_ws("/up?k=v")
+    w.wait_log("upstream /up: connected to %s" % up.url("/up?k=v"))
+    w.feed(b"from stdin\n")
+    u.send_frame(OP_TEXT, b"from upstream")
+    root.expect_msg(OP_TEXT, b"from stdin")
+    sub.expect_msg(OP_TEXT, b"from upstream")
+    root.ping_pong()            # and nothing else is queued for either
+    sub.ping_pong()
+
+
+@test
+def t_fo_log_lines():
+    w = start_server("/a=-")
+    a = client(w)
+    b = client(w)
+    text = w.wait_log("connected to /a, 2 clients")
+    check(re.search(r"\[[^\]]+\] 127\.0\.0\.1:%d connected to /a, 1 clients" % a.lport, text),
+          "no '[ID] 127.0.0.1:%d connected to /a, 1 clients' line" % a.lport)
+    a.send_frame(OP_CLOSE, close_payload(1000))
+    a.expect_close(1000)
+    text = w.wait_log("disconnected from /a")
+    check(re.search(r"\[[^\]]+\] 127\.0\.0\.1:%d disconnected from /a \(.+\), 1 clients" % a.lport,
+                    text), "no '[ID] 127.0.0.1:%d disconnected from /a (REASON), 1 clients'" % a.lport)
+    for ln in text.splitlines():
+        check(TIMESTAMP.match(ln), "log line without timestamp: %r" % ln)
+
+
+# ---------------------------------------------------------------- upstream
+
+def upstream_setup(*opts, target="/up"):
+    """Fake origin + wsfwd route /b to it + one client; upstream handshaken."""
+    up = FakeUpstream()
+    w = start_server(*opts, "/b=" + up.url(target), stdin=False)
+    ws = client(w, "/b")
+    u = up.accept_ws(target)
+    w.wait_log("upstream /b: connected to " + up.url(target))
+    return up, w, ws, u
+
+
+@test
+def t_us_handshake_request():
+    up = FakeUpstream()
+    w = start_server("/b=" + up.url("/up/x?a=1&b=2"), stdin=False)
+    u = up.accept()
+    key = u.read_request("/up/x?a=1&b=2")
+    u.reply_101(key)
+    w.wait_log("upstream /b: connected to " + up.url("/up/x?a=1&b=2"))
+
+
+@test
+def t_us_text_and_binary():
+    up, w, ws, u = upstream_setup()
+    ws2 = client(w, "/b")
+    msgs = [(OP_TEXT, b"hello"), (OP_BIN, b"")]
+    msgs += [(OP_BIN, os.urandom(n)) for n in (1, 125, 126, 127, 65535, 65536, 200000)]
+    msgs += [(OP_TEXT, "\u20ac".encode() * 30000), (OP_BIN, b"\xff\x00\xfe")]
+    for op, p in msgs:
+        u.send_frame(op, p)
+    for c in (ws, ws2):
+        for i, (op, p) in enumerate(msgs):
+            try:
+                c.expect_msg(op, p)
+            except TestFail as e:
+                fail("message %d: %s" % (i, e))
+
+
+@test
+def t_us_fragmented_with_ping():
+    up, w, ws, u = upstream_setup()
+    u.send_raw(encode_frame(OP_TEXT, b"hel", fin=False, mask=False)
+               + encode_frame(OP_PING, b"ping-mid", mask=False)
+               + encode_frame(OP_CONT, b"lo ", fin=False, mask=False)
+               + encode_frame(OP_CONT, b"world", mask=False))
+    f = u.recv_frame()          # UpConn checks that it is masked
+    eq((f.opcode, f.payload), (OP_PONG, b"ping-mid"), "wsfwd's reply to the upstream ping")
+    f = ws.recv_frame()
+    eq((f.opcode, f.fin, f.payload), (OP_TEXT, True, b"hello world"), "reassembled message")
+    ws.ping_pong()
+
+
+@test
+def t_us_frames_with_101():
+    up = FakeUpstream()
+    w = start_server("/b=" + up.url(), stdin=False)
+    ws = client(w, "/b")
+    u = up.accept()
+    key = u.read_request("/up")
+    frames = b"".join(encode_frame(OP_TEXT, b"seg %d" % i, mask=False) for i in range(3))
+    u.reply_101(key, extra=frames)
+    for i in range(3):
+        ws.expect_msg(OP_TEXT, b"seg %d" % i)
+
+
+def upstream_lost(how):
+    up, w, ws, u = upstream_setup()
+    u.send_frame(OP_TEXT, b"before")
+    ws.expect_msg(OP_TEXT, b"before")
+    if how == "close":
+        u.send_frame(OP_CLOSE, close_payload(1000))
+        try:
+            f = u.recv_frame(2)
+            check(f.opcode == OP_CLOSE, "wsfwd answered the upstream close with %r" % f)
+        except Closed:
+            pass
+        u.sock.close()
+    elif how == "eof":
+        u.sock.close()
+    else:
+        u.rst()
+    t0 = time.monotonic()
+    w.wait_log("upstream /b: lost")
+    u2 = up.accept(timeout=3)
+    took = time.monotonic() - t0
+    u2.handshake("/up")
+    check(took <= 2.5, "reconnected after %.1f s, want within ~1.5 s" % took)
+    w.wait_log("upstream /b: connected", count=2)
+    ws.ping_pong()              # the client was kept
+    u2.send_frame(OP_TEXT, b"after")
+    ws.expect_msg(OP_TEXT, b"after")
+
+
+add("us_reconnect_after_close", upstream_lost, "close")
+add("us_reconnect_after_eof", upstream_lost, "eof")
+add("us_reconnect_after_rst", upstream_lost, "rst")
+
+
+@test
+def t_us_bad_accept():
+    up = FakeUpstream()
+    w = start_server("/b=" + up.url(), stdin=False)
+    ws = client(w, "/b")
+    u = up.accept()
+    key = u.read_request("/up")
+    u.reply_101(key, accept=accept_key(new_key()))
+    w.wait_log("upstream /b: lost")
+    ws.ping_pong()
+    u2 = up.accept(timeout=4)
+    u2.handshake("/up")
+    w.wait_log("upstream /b: connected")
+    u2.send_frame(OP_TEXT, b"good")
+    ws.expect_msg(OP_TEXT, b"good")
+
+
+@test
+def t_us_not_101():
+    up = FakeUpstream()
+    w = start_server("/b=" + up.url(), stdin=False)
+    ws = client(w, "/b")
+    u = up.accept()
+    u.read_request("/up")
+    u.send_raw(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    w.wait_log("upstream /b: lost")
+    ws.ping_pong()
+    up.accept(timeout=4).handshake("/up")
+    w.wait_log("upstream /b: connected")
+
+
+@test
+def t_us_masked_frame():
+    up, w, ws, u = upstream_setup()
+    u.send_frame(OP_TEXT, b"masked from server", mask=True)
+    f = u.recv_frame()
+    eq(f.code, 1002, "close code wsfwd sends a masking upstream (%r)" % f)
+    u.sock.close()
+    w.wait_log("upstream /b: lost")
+    u2 = up.accept(timeout=3)
+    u2.handshake("/up")
+    u2.send_frame(OP_TEXT, b"after")
+    ws.expect_msg(OP_TEXT, b"after")     # and not the masked message
+
+
+@test
+def t_us_too_big():
+    up, w, ws, u = upstream_setup("--max-message", "1K")
+    u.send_frame(OP_BIN, b"z" * 2000)
+    f = u.recv_frame()
+    eq(f.code, 1009, "close code for an oversized upstream message (%r)" % f)
+    u.sock.close()
+    u2 = up.accept(timeout=3)
+    u2.handshake("/up")
+    u2.send_frame(OP_TEXT, b"small")
+    ws.expect_msg(OP_TEXT, b"small")
+
+
+@test
+def t_us_ping_interval():
+    up = FakeUpstream()
+    w = start_server("--ping", "1", "/b=" + up.url(), stdin=False)
+    u = up.accept_ws("/up")
+    pings = 0
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:
+        try:
+            f = u.recv_frame(max(0.01, deadline - time.monotonic()))
+        except Timeout:
+            break
+        eq(f.opcode, OP_PING, "frame wsfwd sent its upstream")
+        u.send_frame(OP_PONG, f.payload)
+        pings += 1
+    check(pings >= 2, "upstream got %d pings in 3.5 s with --ping 1" % pings)
+    check(w.log().count("upstream /b: lost") == 0, "answering upstream was dropped")
+
+
+@test
+def t_us_silent_upstream_dropped():
+    up = FakeUpstream()
+    w = start_server("--ping", "1", "/b=" + up.url(), stdin=False)
+    u = up.accept_ws("/up")
+    t0 = time.monotonic()
+    w.wait_log("upstream /b: lost", timeout=4.5)
+    took = time.monotonic() - t0
+    check(took >= 1.0, "silent upstream dropped after only %.1f s" % took)
+    up.accept(timeout=4).handshake("/up")
+
+
+# ---------------------------------------------------------------- slow client
+
+@test
+def t_slow_client_dropped():
+    # The writer keeps at most WINDOW bytes of stdin ahead of what the fast
+    # client has received, so only the client that never reads can pass
+    # --max-queue, whatever batching wsfwd does.
+    WINDOW = 32768
+    w = start_server("--max-queue", "64K", "/a=-")
+    slow = WS(w.port, rcvbuf=4096)
+    slow.handshake("/a")
+    w.wait_client(slow, "/a")
+    fast = client(w)
+    count, size = 10000, 2000           # 20 MB
+    msgs = [b"%08d" % i + b"x" * (size - 9) for i in range(count)]
+    data = memoryview(b"".join(m + b"\n" for m in msgs))
+    fd = w.proc.stdin.fileno()
+    os.set_blocking(fd, False)
+    fast.sock.setblocking(False)
+    off, got = 0, 0
+    deadline = time.monotonic() + 30
+    while got < count:
+        check(time.monotonic() < deadline, "fast client got %d of %d messages in 30 s" % (got, count))
+        room = min(16384, WINDOW - (off - got * size), len(data) - off)
+        r, wr, _ = select.select([fast.sock], [fd] if room > 0 else [], [], 0.5)
+        if wr:
+            try:
+                off += os.write(fd, data[off:off + room])
+            except BlockingIOError:
+                pass
+        if not r:
+            continue
+        try:
+            chunk = fast.sock.recv(1 << 20)
+        except BlockingIOError:
+            continue
+        if chunk == b"":
+            dropped = "%d slow client dropped" % fast.lport in w.log()
+            fail("fast client disconnected after %d messages%s" % (
+                got, " (dropped as slow)" if dropped else ""))
+        fast.buf += chunk
+        while True:
+            f = fast.parse_frame()
+            if f is None:
+                break
+            if (f.opcode, f.payload) != (OP_TEXT, msgs[got]):
+                fail("fast client message %d: got %r" % (got, f))
+            got += 1
+    w.wait_log("%s:%d slow client dropped" % (HOST, slow.lport))
+    check("%s:%d slow client dropped" % (HOST, fast.lport) not in w.log(), "fast client dropped")
+
+
+# ---------------------------------------------------------------- keepalive
+
+@test
+def t_ping_unanswered_dropped():
+    w = start_server("--ping", "1", "/a=-")
+    ws = client(w)
+    t0 = time.monotonic()
+    pings = 0
+    deadline = t0 + 6
+    while True:
+        try:
+            f = ws.recv_frame(max(0.01, deadline - time.monotonic()))
+        except Closed:
+            break
+        except Timeout:
+            fail("silent client still connected after 6 s with --ping 1")
+        if f.opcode == OP_PING:
+            pings += 1
+        elif f.opcode == OP_CLOSE:
+            ws.wait_closed()
+            break
+        else:
+            fail("unexpected %r" % f)
+    took = time.monotonic() - t0
+    check(pings >= 1, "client saw no ping frame before being dropped")
+    check(1.0 <= took <= 4.0, "silent client dropped after %.1f s, want 2-3 s" % took)
+    w.wait_log("%s:%d disconnected from /a" % (HOST, ws.lport))
+
+
+@test
+def t_ping_answered_kept():
+    w = start_server("--ping", "1", "/a=-")
+    ws = client(w)
+    pings = 0
+    end = time.monotonic() + 4.2
+    while time.monotonic() < end:
+        try:
+            f = ws.recv_frame(max(0.01, end - time.monotonic()))
+        except Timeout:
+            break
+        except Closed as e:
+            fail("answering client dropped after %d pings: %s" % (pings, e))
+        check(f.opcode == OP_PING, "unexpected %r" % f)
+        ws.send_frame(OP_PONG, f.payload)
+        pings += 1
+    check(pings >= 3, "got %d pings in 4.2 s with --ping 1" % pings)
+    w.feed(b"still here\n")
+    ws.expect_msg(OP_TEXT, b"still here")
+
+
+# ---------------------------------------------------------------- signals
+
+@test
+def t_sigterm_close_1001():
+    w = start_server("/a=-")
+    a, b = client(w), client(w)
+    t0 = time.monotonic()
+    w.proc.send_signal(signal.SIGTERM)
+    for ws in (a, b):
+        ws.expect_close(1001, timeout=2, reply=True)
+    eq(w.wait_exit(2), 0, "exit status after SIGTERM")
+    check(time.monotonic() - t0 <= 2.5, "exit took %.1f s" % (time.monotonic() - t0))
+
+
+@test
+def t_sigterm_unresponsive_client():
+    # a client that never answers the close must not hold up the exit
+    w = start_server("/a=-")
+    ws = client(w)
+    w.proc.send_signal(signal.SIGTERM)
+    f = ws.recv_frame(2)
+    eq(f.code, 1001, "close code on SIGTERM (%r)" % f)
+    eq(w.wait_exit(3), 0, "exit status after SIGTERM")
+
+
+# ---------------------------------------------------------------- CLI
+
+@test
+def t_cli_help():
+    for opt in ("--help", "-h"):
+        rc, out, err = run_cmd([opt])
+        eq(rc, 0, opt + " exit status")
+        for o in ("--listen", "--max-message", "--max-queue", "--max-clients", "--ping",
+                  "--quiet", "--verbose", "--help", "--version", "--cat"):
+            check(o in out, "%s output lacks %s" % (opt, o))
+
+
+@test
+def t_cli_version():
+    rc, out, err = run_cmd(["--version"])
+    eq(rc, 0, "exit status")
+    check(re.fullmatch(r"wsfwd \d+\.\d+\.\d+\n", out), "--version printed %r" % out)
+
+
+def bad_args(args, must_say=None):
+    rc, out, err = run_cmd(args)
+    eq(rc, 2, "exit status of `wsfwd %s`" % " ".join(args))
+    lines = err.splitlines()
+    check(len(lines) == 1 and lines[0].strip(), "want one stderr line, got %r" % err)
+    if must_say:
+        check(must_say in err, "stderr %r lacks %r" % (err, must_say))
+
+
+for _name, _args, _say in (
+        ("unknown_option", ["--bogus", "/a=-"], None),
+        ("no_route", [], None),
+        ("only_options", ["-l", "127.0.0.1:1"], None),
+        ("bad_size", ["--max-message", "12Q", "/a=-"], None),
+        ("bad_queue_size", ["--max-queue", "abc", "/a=-"], None),
+        ("bad_max_clients", ["--max-clients", "x", "/a=-"], None),
+        ("bad_ping", ["--ping", "soon", "/a=-"], None),
+        ("listen_port_99999", ["-l", "99999", "/a=-"], None),
+        ("listen_port_0", ["-l", "0", "/a=-"], None),
+        ("listen_garbage", ["-l", "garbage", "/a=-"], None),
+        ("listen_missing_value", ["/a=-", "-l"], None),
+        ("ftp_url", ["ftp://x/"], None),
+        ("url_no_host", ["/a=ws:///x"], None),
+        ("url_port_99999", ["ws://127.0.0.1:99999/x"], None),
+        ("duplicate_path", ["/a=-", "/a=-"], None),
+        ("duplicate_default_path", ["ws://127.0.0.1:1/x", "/x=-"], None)):
+    add("cli_bad_" + _name, bad_args, _args, _say)
+
+
+@test
+def t_cli_cat_dead_port():
+    rc, out, err = run_cmd(["--cat", "ws://%s:%d/x" % (HOST, free_port())])
+    eq(rc, 1, "exit status")
+    check(err.strip(), "no message on stderr")
+
+
+def cat_session(ending, want_rc):
+    """--cat against a fake server: request, masked frames, output, exit."""
+    up = FakeUpstream()
+    out_path = os.path.join(LOGDIR, "%s.cat.out" % CURRENT)
+    with open(out_path, "wb") as f:
+        cat = Wsfwd(["--cat", up.url("/feed?x=1")], stdout=f, role="cat")
+    u = up.accept_ws("/feed?x=1")
+    u.send_frame(OP_TEXT, b"first line")
+    u.send_raw(encode_frame(OP_TEXT, b"sec", fin=False, mask=False)
+               + encode_frame(OP_CONT, b"ond", mask=False))
+    u.send_frame(OP_PING, b"cat?")
+    f = u.recv_frame()
+    eq((f.opcode, f.payload), (OP_PONG, b"cat?"), "--cat reply to ping")
+    if ending == "rst":
+        u.rst()
+    else:
+        u.send_frame(OP_CLOSE, close_payload(ending))
+        f = u.recv_frame()
+        eq(f.opcode, OP_CLOSE, "--cat reply to close")
+        u.sock.close()
+    eq(cat.wait_exit(3), want_rc, "--cat exit status")
+    with open(out_path, "rb") as f:
+        eq(f.read(), b"first line\nsecond\n", "--cat stdout")
+    if want_rc:
+        check(cat.log().strip(), "--cat gave no message on stderr")
+
+
+add("cli_cat_close_1000", cat_session, 1000, 0)
+add("cli_cat_close_1001", cat_session, 1001, 1)
+add("cli_cat_reset", cat_session, "rst", 1)
+
+
+# ---------------------------------------------------------------- runner
+
+def cleanup():
+    problems = []
+    for s in SOCKS:
+        try:
+            s.close()
+        except OSError:
+            pass
+    SOCKS.clear()
+    for p in PROCS:
+        if p is not None:
+            msg = p.stop()
+            if msg:
+                problems.append(msg)
+    return problems
+
+
+def sanitizer_report(paths):
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        for mark in SANITIZER_MARKS:
+            if mark in text:
+                return "sanitizer report in %s" % os.path.basename(path)
+    return None
+
+
+def log_paths():
+    return sorted(os.path.join(LOGDIR, n) for n in os.listdir(LOGDIR)
+                  if n.startswith(CURRENT + ".") and n.endswith(".log"))
+
+
+def run_one(name):
+    global CURRENT
+    CURRENT = name
+    PROCS.clear()
+    err = None
+    try:
+        TESTS[name]()
+    except TestFail as e:
+        err = str(e)
+    except Exception as e:      # a bug in this file, or an unexpected socket error
+        err = "%s: %s" % (type(e).__name__, e)
+        traceback.print_exc(file=sys.stderr)
+    finally:
+        problems = cleanup()
+    err = err or (problems[0] if problems else None) or sanitizer_report(log_paths())
+    if err is None:
+        print("ok - %s" % name, flush=True)
+        return True
+    print("FAIL - %s: %s" % (name, err), flush=True)
+    for path in log_paths():
+        with open(path, "rb") as f:
+            tail = f.read().decode("utf-8", "replace").splitlines()[-12:]
+        sys.stderr.write("# %s:\n" % os.path.basename(path))
+        sys.stderr.writelines("#   %s\n" % ln for ln in tail)
+    sys.stderr.flush()
+    return False
+
+
+def main(argv):
+    global BIN, LOGDIR
+    if len(argv) < 2:
+        sys.stderr.write("usage: %s ./wsfwd [TEST...]\n" % argv[0])
+        return 2
+    BIN = os.path.abspath(argv[1])
+    names = argv[2:] or list(TESTS)
+    unknown = [n for n in names if n not in TESTS]
+    if unknown:
+        sys.stderr.write("unknown tests: %s\n" % " ".join(unknown))
+        return 2
+    own_dir = "WSFWD_LOGDIR" not in os.environ
+    LOGDIR = tempfile.mkdtemp(prefix="wsfwd-proto.") if own_dir else os.environ["WSFWD_LOGDIR"]
+    os.makedirs(LOGDIR, exist_ok=True)
+    passed = failed = 0
+    try:
+        if not os.access(BIN, os.X_OK):
+            print("FAIL - setup: %s is not an executable" % argv[1])
+            failed = 1
+        else:
+            for name in names:
+                if run_one(name):
+                    passed += 1
+                else:
+                    failed += 1
+    finally:
+        cleanup()
+        if own_dir:
+            shutil.rmtree(LOGDIR, ignore_errors=True)
+    print("%d passed, %d failed" % (passed, failed), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
