@@ -117,15 +117,20 @@ enum pollslot { POLL_LISTEN, POLL_DNS, POLL_STDIN, POLL_FIXED };
 /* A frame as it goes on the wire, shared by every queue that holds it. */
 struct msg {
 	unsigned	 refs;
+	unsigned	 urgent;	/* queued ahead of data: ours alone */
 	size_t		 len;		/* bytes at p */
 	unsigned char	*p;
 	unsigned char	 data[];	/* FRAME_HEAD bytes of room, then payload */
 };
 
-/* Ring of messages waiting for one socket; off bytes of the head are sent. */
+/*
+ * Ring of messages waiting for one socket; off bytes of the head are sent.
+ * Urgent entries (HTTP heads, control frames) are the nurgent entries after
+ * a half-sent data head, if there is one, in the order they were queued.
+ */
 struct queue {
 	struct msg	**v;
-	unsigned	  cap, head, n;
+	unsigned	  cap, head, n, nurgent;
 	size_t		  off, bytes;	/* bytes: unsent, over all entries */
 };
 
@@ -294,7 +299,8 @@ static void	 conn_reap(void);
 static void	 conn_send_close(struct conn *, unsigned, int);
 static void	 conn_send_ctl(struct conn *, int, const void *, size_t);
 static int64_t	 conn_timers(struct conn *);
-static void	 die(const char *, ...);
+static void	 die(const char *, ...)
+		    __attribute__((noreturn));
 static void	 dns_done(void);
 static void	*dns_thread(void *);
 static unsigned char	*file_read(const char *, size_t *);
@@ -362,7 +368,8 @@ static void	 upstream_try(struct upstream *);
 static void	 upstreams_start(void);
 static int	 url_parse(struct url *, const char *, char *, size_t);
 static void	 usage(FILE *);
-static void	 usage_error(const char *, ...);
+static void	 usage_error(const char *, ...)
+		    __attribute__((noreturn));
 static int	 utf8_check(uint32_t *, const unsigned char *, size_t);
 static void	 ws_accept_key(char[29], const char *, size_t);
 static int	 ws_control(struct conn *);
@@ -786,6 +793,8 @@ http_parse(char *buf, size_t len, struct http *m, int response)
 		if (ch == '\0' || (ch < 0x20 && ch != '\r' && ch != '\n' &&
 		    ch != '\t') || ch == 0x7f)
 			return -1;
+		if (ch == '\r' && (i + 1 == len || buf[i + 1] != '\n'))
+			return -1;	/* a bare CR is not a line end */
 	}
 	buf[len] = '\0';
 	if ((line = http_line(&p)) == NULL)
@@ -896,6 +905,7 @@ msg_new(size_t cap)
 	    (m = malloc(sizeof *m + FRAME_HEAD + 4 + cap)) == NULL)
 		return NULL;
 	m->refs = 1;
+	m->urgent = 0;
 	m->p = m->data + FRAME_HEAD;
 	m->len = 0;
 	return m;
@@ -990,15 +1000,15 @@ msg_unref(struct msg *m)
 }
 
 /*
- * Queue m (taking a reference).  Urgent entries (control frames) go ahead
- * of queued data but never into a frame that is half on the wire.
- * Returns -1 when memory is short.
+ * Queue m (taking a reference).  Urgent entries go after the urgent ones
+ * already queued but ahead of data, and never into a frame that is half on
+ * the wire.  Returns -1 when memory is short.
  */
 static int
 queue_push(struct queue *q, struct msg *m, int urgent)
 {
 	struct msg **v;
-	unsigned i, cap;
+	unsigned i, cap, at;
 
 	if (q->n == q->cap) {
 		cap = q->cap ? q->cap * 2 : 4;
@@ -1009,17 +1019,19 @@ queue_push(struct queue *q, struct msg *m, int urgent)
 		free(q->v);
 		q->v = v, q->cap = cap, q->head = 0;
 	}
-	if (!urgent || q->n == 0)
-		q->v[(q->head + q->n) & (q->cap - 1)] = m;
-	else if (q->off == 0) {
+	if (!urgent)
+		at = q->n;
+	else {
+		at = q->nurgent + (q->off > 0 && !q->v[q->head]->urgent);
+		q->nurgent++;
+		m->urgent = 1;
+		/* Open a slot at 'at' by moving the entries before it back one. */
 		q->head = (q->head - 1) & (q->cap - 1);
-		q->v[q->head] = m;
-	} else {
-		/* Slide the half-sent head back one slot; m goes behind it. */
-		q->head = (q->head - 1) & (q->cap - 1);
-		q->v[q->head] = q->v[(q->head + 1) & (q->cap - 1)];
-		q->v[(q->head + 1) & (q->cap - 1)] = m;
+		for (i = 0; i < at; i++)
+			q->v[(q->head + i) & (q->cap - 1)] =
+			    q->v[(q->head + i + 1) & (q->cap - 1)];
 	}
+	q->v[(q->head + at) & (q->cap - 1)] = m;
 	q->n++;
 	q->bytes += m->len;
 	m->refs++;
@@ -1046,6 +1058,8 @@ queue_consume(struct queue *q, size_t n)
 		q->off = 0;
 		q->head = (q->head + 1) & (q->cap - 1);
 		q->n--;
+		if (m->urgent)
+			q->nurgent--;
 		msg_unref(m);
 	}
 }
@@ -1078,6 +1092,8 @@ queue_clear(struct queue *q, int keep_partial)
 		m = q->v[(q->head + q->n - 1) & (q->cap - 1)];
 		q->bytes -= m->len - (q->n == 1 ? q->off : 0);
 		q->n--;
+		if (m->urgent)
+			q->nurgent--;
 		msg_unref(m);
 	}
 	if (q->n == 0) {
@@ -1209,7 +1225,12 @@ ws_control(struct conn *c)
 	uint32_t st = 0;
 
 	if (d->op == WS_OP_PING) {
-		conn_send_ctl(c, WS_OP_PONG, d->ctl, d->ctllen);
+		/*
+		 * 5.5.3 lets us answer only some pings: a peer that pings and
+		 * never reads does not get to fill our memory with pongs.
+		 */
+		if (c->q.bytes < opt.max_queue)
+			conn_send_ctl(c, WS_OP_PONG, d->ctl, d->ctllen);
 		return 0;
 	}
 	if (d->op == WS_OP_PONG)
@@ -2374,7 +2395,7 @@ client_reject(struct conn *c, int status, const char *why)
 	    strlen(why) + 1, why);
 	free(c->hs);
 	c->hs = NULL;
-	if (conn_queue(c, msg_raw(buf, (size_t)n), 0) == 0)
+	if (conn_queue(c, msg_raw(buf, (size_t)n), 1) == 0)
 		conn_drain(c);
 }
 
@@ -2433,7 +2454,7 @@ client_join(struct conn *c, const char *key)
 	n = snprintf(buf, sizeof buf, "HTTP/1.1 101 Switching Protocols\r\n"
 	    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
 	    "Sec-WebSocket-Accept: %s\r\n\r\n", accept);
-	if (conn_queue(c, msg_raw(buf, (size_t)n), 0) < 0)
+	if (conn_queue(c, msg_raw(buf, (size_t)n), 1) < 0)
 		return;
 	c->state = CONN_OPEN;
 	c->deadline = 0;
@@ -2616,8 +2637,8 @@ upstream_start(struct upstream *u)
 	u->retry_at = 0;
 	u->deadline = now + HANDSHAKE_TIMEOUT_MS;
 	snprintf(u->why, sizeof u->why, "no address");
-	logmsg(L_DEBUG, "upstream %s: connecting to %s", u->route->path,
-	    u->url->text);
+	logmsg(u->cat ? L_DEBUG : L_INFO, "upstream %s: connecting to %s",
+	    u->route->path, u->url->text);
 	memset(&hints, 0, sizeof hints);
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
@@ -2728,7 +2749,7 @@ upstream_connect_done(struct conn *c, int err)
 		return;
 	}
 	c->state = CONN_HANDSHAKE;
-	conn_queue(c, msg_raw(buf, (size_t)n), 0);
+	conn_queue(c, msg_raw(buf, (size_t)n), 1);
 }
 
 /* Check the server's answer to our upgrade (RFC 6455 4.1, 4.2.2). */
@@ -3100,13 +3121,14 @@ timers(void)
 	int64_t next = exit_at ? exit_at : INT64_MAX, t;
 	size_t i;
 
-	for (i = 0; i < nroutes; i++)
-		if (routes[i].up != NULL &&
-		    (t = upstream_timers(routes[i].up)) < next)
-			next = t;
+	/* Connections first: a timeout there schedules an upstream retry. */
 	for (i = 0; i < nconns; i++)
 		if (conns[i]->state != CONN_DEAD &&
 		    (t = conn_timers(conns[i])) < next)
+			next = t;
+	for (i = 0; i < nroutes; i++)
+		if (routes[i].up != NULL &&
+		    (t = upstream_timers(routes[i].up)) < next)
 			next = t;
 	if (listen_pause != 0 && listen_pause < next)
 		next = listen_pause;
@@ -3145,9 +3167,11 @@ loop(void)
 		now = now_ms();
 		if (quit && exit_at == 0)
 			shutdown_begin();
-		wake = timers();
+		timers();
 		flush_dirty();
 		conn_reap();
+		/* Again, now that flushing may have failed an upstream. */
+		wake = timers();
 		if (should_exit())
 			break;
 		if (cap < POLL_FIXED + nconns) {
@@ -3802,6 +3826,7 @@ test_http(void)
 		"GET / HTTP/1.1\r\nA : v\r\n\r\n",
 		"GET / HTTP/1.1\r\nA: v\r\n folded\r\n\r\n",
 		"GET / HTTP/1.1\r\nA: v\x01\r\n\r\n",
+		"GET / HTTP/1.1\r\nA: v\rB: w\r\n\r\n",
 	};
 	char buf[512];
 	struct http m;
@@ -3921,6 +3946,57 @@ test_queue_is(struct queue *q, const unsigned char *want, size_t n)
 		off += m->len;
 	}
 	return off == n;
+}
+
+/* Does q hold exactly the n messages of want, in that order? */
+static int
+test_queue_order(struct queue *q, struct msg **want, unsigned n)
+{
+	unsigned i;
+
+	if (q->n != n)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (q->v[(q->head + i) & (q->cap - 1)] != want[i])
+			return 0;
+	return 1;
+}
+
+/* Urgent entries keep their order, behind a half-sent frame and each other. */
+static void
+test_queue(void)
+{
+	struct queue q;
+	struct msg *d1, *d2, *u0, *u1, *u2;
+	int ok;
+
+	d1 = msg_raw("DD", 2), d2 = msg_raw("D", 1);
+	u0 = msg_raw("U", 1), u1 = msg_raw("U", 1), u2 = msg_raw("U", 1);
+	memset(&q, 0, sizeof q);
+	queue_push(&q, d1, 0);
+	queue_push(&q, u0, 1);		/* d1 is unsent: u0 goes first */
+	queue_push(&q, u1, 1);
+	queue_push(&q, d2, 0);
+	ok = test_queue_order(&q, (struct msg *[]){ u0, u1, d1, d2 }, 4);
+	queue_clear(&q, 0);
+	check(ok && q.n == 0 && q.nurgent == 0 && q.bytes == 0,
+	    "urgent ahead of unsent data, in order");
+	queue_push(&q, d1, 0);
+	queue_push(&q, d2, 0);
+	queue_consume(&q, 1);		/* d1 half sent: it keeps its place */
+	queue_push(&q, u0, 1);
+	queue_push(&q, u1, 1);
+	ok = test_queue_order(&q, (struct msg *[]){ d1, u0, u1, d2 }, 4) &&
+	    q.nurgent == 2;
+	queue_consume(&q, 1 + 1 + 1);	/* the rest of d1, u0, u1 */
+	ok = ok && test_queue_order(&q, (struct msg *[]){ d2 }, 1) &&
+	    q.nurgent == 0;
+	queue_push(&q, u2, 1);
+	ok = ok && test_queue_order(&q, (struct msg *[]){ u2, d2 }, 2);
+	queue_clear(&q, 0);
+	check(ok && q.bytes == 0, "urgent behind a half-sent frame, in order");
+	msg_unref(d1), msg_unref(d2), msg_unref(u0), msg_unref(u1);
+	msg_unref(u2);
 }
 
 /* Upstream stream split at every point reassembles to the same frames. */
@@ -4055,6 +4131,7 @@ test_main(void)
 	test_utf8();
 	test_http();
 	test_args();
+	test_queue();
 	test_decoder_upstream();
 	test_decoder_client();
 	printf("%d passed, %d failed\n", npass, nfail);
