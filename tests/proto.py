@@ -188,12 +188,9 @@ class Peer:
     def __init__(self, sock):
         self.sock = sock
         self.buf = bytearray()
+        self.lport = None       # our port, as wsfwd logs it; set once connected
         sock.settimeout(TIMEOUT)
         SOCKS.append(sock)
-
-    @property
-    def lport(self):
-        return self.sock.getsockname()[1]
 
     def fill(self, deadline):
         """Append one recv() to self.buf; each wait is at most TIMEOUT."""
@@ -292,12 +289,15 @@ class Peer:
             fail("got %r, want %s %s" % (f, OP_NAMES[opcode], short(payload, 40)))
 
     def expect_eof(self, timeout=TIMEOUT):
-        """The peer closes TCP with no further data (a reset counts as closed)."""
+        """The peer closes TCP with no further data (a reset counts as closed).
+
+        Then we close too, as a real client does on EOF."""
         deadline = time.monotonic() + timeout
         try:
             while not self.buf:
                 self.fill(deadline)
         except Closed:
+            self.sock.close()
             return
         except Timeout:
             fail("TCP connection still open %.1f s after the close frame" % timeout)
@@ -312,6 +312,7 @@ class Peer:
                 self.buf.clear()
                 self.fill(deadline)
         except Closed:
+            self.sock.close()
             return time.monotonic() - t0
         except Timeout:
             fail("connection not closed within %.1f s" % timeout)
@@ -362,6 +363,7 @@ class WS(Peer):
         super().__init__(s)
         self.port = port
         s.connect((HOST, port))
+        self.lport = s.getsockname()[1]
 
     @classmethod
     def open(cls, port, path="/a", **kw):
@@ -468,6 +470,12 @@ class UpConn(Peer):
 
 # ---------------------------------------------------------------- processes
 
+def log_path(role):
+    """A fresh stderr log file name for the running test."""
+    n = sum(1 for f in os.listdir(LOGDIR) if f.startswith(CURRENT + "."))
+    return os.path.join(LOGDIR, "%s.%d.%s.log" % (CURRENT, n, role))
+
+
 def free_port():
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind((HOST, 0))
@@ -482,7 +490,7 @@ class Wsfwd:
     def __init__(self, args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                  role="server"):
         self.role = role
-        self.log_path = os.path.join(LOGDIR, "%s.%d.%s.log" % (CURRENT, len(PROCS), role))
+        self.log_path = log_path(role)
         self.args = args
         self.killed = False
         with open(self.log_path, "wb") as logf:
@@ -575,17 +583,20 @@ def assert_still_serving(w, path="/a"):
 
 def run_cmd(args, timeout=TIMEOUT, stdin=subprocess.DEVNULL):
     """Run BIN ARGS to completion (bounded); return (rc, stdout, stderr)."""
-    log_path = os.path.join(LOGDIR, "%s.%d.cmd.log" % (CURRENT, len(PROCS)))
-    PROCS.append(None)
+    path = log_path("cmd")
     p = subprocess.Popen([BIN] + args, stdin=stdin, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
+        p.terminate()
+        try:
+            p.communicate(timeout=2)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
         fail("`wsfwd %s` still running after %.1f s" % (" ".join(args), timeout))
-    with open(log_path, "wb") as f:
+    with open(path, "wb") as f:
         f.write(err)
     return p.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
@@ -767,7 +778,7 @@ def expect_protocol_close(data, code, opts=()):
     assert_still_serving(w)
 
 
-def T(payload):
+def text_frame(payload):
     return encode_frame(OP_TEXT, payload)
 
 
@@ -797,13 +808,13 @@ for _name, _bad in (("ff", b"\xff"), ("overlong", b"\xc0\xaf"),
                     ("overlong3", b"\xe0\x80\xaf"), ("surrogate", b"\xed\xa0\x80"),
                     ("above_10ffff", b"\xf4\x90\x80\x80"), ("truncated", b"ok\xe2\x82"),
                     ("lone_continuation", b"a\x80b")):
-    add("fr_utf8_" + _name, expect_protocol_close, T(b"x" + _bad), 1007)
+    add("fr_utf8_" + _name, expect_protocol_close, text_frame(b"x" + _bad), 1007)
 add("fr_utf8_fragments_surrogate", expect_protocol_close,
     encode_frame(OP_TEXT, b"ab\xed", fin=False) + encode_frame(OP_CONT, b"\xa0\x80"), 1007)
 add("fr_utf8_fragments_truncated", expect_protocol_close,
     encode_frame(OP_TEXT, b"ab", fin=False) + encode_frame(OP_CONT, b"\xe2\x82", fin=False)
     + encode_frame(OP_CONT, b""), 1007)
-add("fr_too_big", expect_protocol_close, T(b"x" * 2000), 1009, ("--max-message", "1K"))
+add("fr_too_big", expect_protocol_close, text_frame(b"x" * 2000), 1009, ("--max-message", "1K"))
 add("fr_too_big_binary", expect_protocol_close, encode_frame(OP_BIN, os.urandom(70000)), 1009,
     ("--max-message", "64K"))
 add("fr_too_big_fragments", expect_protocol_close,
@@ -847,7 +858,7 @@ def expect_stays_open(data, opts=()):
 
 _EURO = "\u20ac".encode()               # e2 82 ac
 _CLEF = "\U0001d11e".encode()           # f0 9d 84 9e
-add("fr_utf8_valid", expect_stays_open, T("h\u00e9llo \u20ac \U0001d11e".encode()))
+add("fr_utf8_valid", expect_stays_open, text_frame("h\u00e9llo \u20ac \U0001d11e".encode()))
 add("fr_utf8_split_codepoint", expect_stays_open,
     encode_frame(OP_TEXT, b"a" + _EURO[:1], fin=False)
     + encode_frame(OP_CONT, _EURO[1:2], fin=False)
@@ -856,12 +867,12 @@ add("fr_utf8_split_codepoint", expect_stays_open,
 add("fr_binary_not_utf8", expect_stays_open, encode_frame(OP_BIN, b"\xff\xfe\xc0\xaf"))
 add("fr_binary_fragments", expect_stays_open,
     encode_frame(OP_BIN, b"\xff", fin=False) + encode_frame(OP_CONT, b"\xfe"))
-add("fr_empty_text", expect_stays_open, T(b""))
+add("fr_empty_text", expect_stays_open, text_frame(b""))
 add("fr_unsolicited_pong", expect_stays_open, encode_frame(OP_PONG, b"unasked"))
 add("fr_len16_and_len64", expect_stays_open,
-    T(b"m" * 200) + T(b"n" * 70000) + encode_frame(OP_BIN, os.urandom(65535)))
+    text_frame(b"m" * 200) + text_frame(b"n" * 70000) + encode_frame(OP_BIN, os.urandom(65535)))
 add("fr_at_max_message", expect_stays_open,
-    T(b"x" * 1000) + encode_frame(OP_TEXT, b"y" * 500, fin=False) + encode_frame(OP_CONT, b"y" * 500),
+    text_frame(b"x" * 1000) + encode_frame(OP_TEXT, b"y" * 500, fin=False) + encode_frame(OP_CONT, b"y" * 500),
     ("--max-message", "1K"))
 
 
@@ -892,19 +903,24 @@ def t_fr_ping_between_fragments():
 def t_fr_many_pings_one_segment():
     # RFC 6455 5.5.3 lets an endpoint answer only the most recent of several
     # pings, so pongs may be skipped, but those sent must keep the pings'
-    # order and the last one must answer the last ping.
+    # order, the last must answer ping 49, and none may come later: a final
+    # ping "end", sent once pong 49 is in, must get the next pong.
     w = start_server("/a=-")
     ws = client(w)
     ws.send_raw(b"".join(encode_frame(OP_PING, b"%d" % i) for i in range(50)))
     seen = []
-    while not seen or seen[-1] != 49:
+    while b"end" not in seen:
         try:
             f = ws.recv_frame()
         except (Timeout, Closed) as e:
-            fail("pongs so far %s, none for ping 49: %s" % (seen, e))
+            fail("pongs so far %s: %s" % (seen, e))
         eq(f.opcode, OP_PONG, "reply opcode")
-        seen.append(int(f.payload))
-        check(seen == sorted(set(seen)), "pongs out of order: %s" % seen)
+        seen.append(f.payload)
+        if f.payload == b"49":
+            ws.send_frame(OP_PING, b"end")
+    got = [int(p) for p in seen[:-1]]
+    check(got and got == sorted(set(got)) and got[-1] == 49,
+          "pongs in the order %s" % " ".join(p.decode() for p in seen))
 
 
 # ---------------------------------------------------------------- fan-out
@@ -1118,7 +1134,9 @@ def upstream_lost(how):
     else:
         u.rst()
     t0 = time.monotonic()
-    w.wait_log("upstream /b: lost")
+    text = w.wait_log("upstream /b: lost")
+    check(re.search(r"upstream /b: lost: .+; retry in \d+\.\d s", text),
+          "no 'upstream /b: lost: REASON; retry in X.X s' line")
     u2 = up.accept(timeout=3)
     took = time.monotonic() - t0
     u2.handshake("/up")
@@ -1275,6 +1293,19 @@ def t_slow_client_dropped():
     check("%s:%d slow client dropped" % (HOST, fast.lport) not in w.log(), "fast client dropped")
 
 
+@test
+def t_big_message_into_empty_queue():
+    # a message is always accepted into an empty queue, even if > --max-queue
+    w = start_server("--max-queue", "1K", "/a=-")
+    ws = client(w)
+    big = b"B" * 5000
+    w.feed(big + b"\n")
+    ws.expect_msg(OP_TEXT, big)
+    w.feed(b"small\n")
+    ws.expect_msg(OP_TEXT, b"small")
+    check("slow client dropped" not in w.log(), "reading client dropped as slow")
+
+
 # ---------------------------------------------------------------- keepalive
 
 @test
@@ -1399,6 +1430,46 @@ for _name, _args, _say in (
 
 
 @test
+def t_cli_options_accepted():
+    port = free_port()
+    w = Wsfwd(["--listen", "%s:%d" % (HOST, port), "--max-message", "2M", "--max-queue", "1G",
+               "--max-clients", "10", "--ping", "0", "-v", "/a=-"], stdin=subprocess.PIPE)
+    w.port = port
+    w.wait_log("listening on %s:%d" % (HOST, port))
+    ws = client(w)
+    w.feed(b"x" * 1500000 + b"\n")        # under 2M
+    ws.expect_msg(OP_TEXT, b"x" * 1500000)
+
+
+@test
+def t_cli_listen_port_only():
+    port = free_port()
+    w = Wsfwd(["-l", str(port), "/a=-"], stdin=subprocess.PIPE)
+    w.port = port
+    w.wait_log("listening on")
+    w.wait_log(":%d" % port)
+    client(w).ping_pong()
+
+
+@test
+def t_cli_quiet():
+    port = free_port()
+    w = Wsfwd(["-q", "-l", "%s:%d" % (HOST, port), "/a=-"], stdin=subprocess.PIPE)
+    w.port = port
+    deadline = time.monotonic() + TIMEOUT
+    while True:                 # -q logs no "listening on": poll the port
+        try:
+            ws = WS.open(port, "/a")
+            break
+        except (ConnectionRefusedError, TestFail):
+            check(w.alive() and time.monotonic() < deadline, "-q server not reachable")
+            time.sleep(0.05)
+    w.feed(b"quiet\n")
+    ws.expect_msg(OP_TEXT, b"quiet")
+    check("connected to" not in w.log(), "-q logged a client event: %r" % w.log())
+
+
+@test
 def t_cli_cat_dead_port():
     rc, out, err = run_cmd(["--cat", "ws://%s:%d/x" % (HOST, free_port())])
     eq(rc, 1, "exit status")
@@ -1448,10 +1519,9 @@ def cleanup():
             pass
     SOCKS.clear()
     for p in PROCS:
-        if p is not None:
-            msg = p.stop()
-            if msg:
-                problems.append(msg)
+        msg = p.stop()
+        if msg:
+            problems.append(msg)
     return problems
 
 
