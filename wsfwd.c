@@ -3387,7 +3387,7 @@ usage(FILE *f)
 "                            the system bundle)\n"
 "  -k, --insecure            wss:// without verifying certificate or name\n"
 "  -q, --quiet               log errors only\n"
-"  -v, --verbose             log protocol detail too (twice: more)\n"
+"  -v, --verbose             log protocol detail too\n"
 "  -h, --help                this text\n"
 "      --version             print the version\n"
 "\n"
