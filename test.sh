@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build wsfwd, run the unit tests, the end-to-end chain tests and
-# tests/proto.py, then do the same against the sanitizer build.
+# Build wsfwd, run the unit tests, then the end-to-end suites (the fifo
+# chain, tests/proto.py, tests/tls.py) against three builds at once: the
+# plain binary, the static one and the -fsanitize=address,undefined one.
 # Ends with one line "N passed, M failed"; exits non-zero on any failure.
 #
 # Style of OpenBSD regress/usr.bin/nc: real binaries on 127.0.0.1, free ports,
@@ -14,7 +15,7 @@ PIDS=""
 PASS=0
 FAIL=0
 
-cleanup() {
+stop_all() {
 	local p
 	exec 3>&-
 	for p in $PIDS; do
@@ -23,6 +24,9 @@ cleanup() {
 	for p in $PIDS; do
 		waitpid_bounded "$p" 30 || kill -KILL "$p" 2>/dev/null
 	done
+}
+cleanup() {
+	stop_all
 	rm -rf "$T"
 }
 trap cleanup EXIT
@@ -230,6 +234,20 @@ proto() {
 	fi
 }
 
+# tls BIN TAG: tests/tls.py (a TLS origin in Python's ssl, certificates
+# made by openssl) with its logs under $T/TAG/tls.
+tls() {
+	mkdir -p "$T/$2/tls"
+	WSFWD_LOGDIR=$T/$2/tls timeout 170 python3 tests/tls.py "$1" \
+	    >"$T/$2/tls.out" 2>"$T/$2/tls.err"
+	grep -E '^(ok|FAIL) - ' "$T/$2/tls.out" | sed -E "s/^(ok|FAIL) - /\1 - $2 tls: /"
+	add_counts "$T/$2/tls.out" || nok "$2 tls.py" "no summary line (timed out?)"
+	if grep -q '^FAIL' "$T/$2/tls.out"; then
+		echo "# $2 tls.py diagnostics:"
+		sed 's/^/# /' "$T/$2/tls.err" | tail -n 60
+	fi
+}
+
 # sanitizer_logs TAG: every wsfwd stderr log of the run must be clean.
 sanitizer_logs() {
 	local f bad=""
@@ -245,12 +263,32 @@ sanitizer_logs() {
 	fi
 }
 
+# suite BIN TAG: every end-to-end test against one build, in the
+# background; its lines and its own "N passed, M failed" go to $T/TAG.out.
 suite() {
 	mkdir -p "$T/$2"
-	chain "$1" "$2"
-	cat_dead "$1" "$2"
-	proto "$1" "$2"
-	sanitizer_logs "$2"
+	(
+		PIDS="" PASS=0 FAIL=0
+		trap stop_all EXIT
+		chain "$1" "$2"
+		cat_dead "$1" "$2"
+		proto "$1" "$2"
+		tls "$1" "$2"
+		sanitizer_logs "$2"
+		echo "$PASS passed, $FAIL failed"
+	) >"$T/$2.out" 2>&1 &
+	SUITES="$SUITES $!:$2"
+}
+
+# gather: wait for the suites, print their lines in order, add their counts.
+gather() {
+	local s pid tag
+	for s in $SUITES; do
+		pid=${s%%:*} tag=${s#*:}
+		wait "$pid"
+		grep -v -E '^[0-9]+ passed, [0-9]+ failed$' "$T/$tag.out"
+		add_counts "$T/$tag.out" || nok "$tag suite" "no summary line"
+	done
 }
 
 if timeout 120 make >"$T/make.log" 2>&1 && [ -x ./wsfwd ]; then
@@ -270,7 +308,15 @@ else
 	nok "make unit" "no 'N passed, M failed' line (status $rc): $(tail -n 2 "$T/unit.log" | tr '\n' ' ')"
 fi
 
+SUITES=""
 suite ./wsfwd plain
+
+if timeout 120 make static >"$T/static.log" 2>&1 && [ -x ./wsfwd-static ]; then
+	ok "make static ($(wc -c <wsfwd-static) bytes)"
+	suite ./wsfwd-static static
+else
+	nok "make static" "$(tail -n 3 "$T/static.log" | tr '\n' ' ')"
+fi
 
 if timeout 180 make asan >"$T/asan.log" 2>&1 && [ -x ./wsfwd-asan ]; then
 	ok "make asan"
@@ -280,6 +326,8 @@ if timeout 180 make asan >"$T/asan.log" 2>&1 && [ -x ./wsfwd-asan ]; then
 else
 	nok "make asan" "$(tail -n 3 "$T/asan.log" | tr '\n' ' ')"
 fi
+
+gather
 
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]

@@ -1474,7 +1474,10 @@ ca_load(const char *path)
 				incert = 0;
 				break;
 			case BR_PEM_ERROR:
-				die("CA bundle %s: not a valid PEM file", path);
+				fprintf(stderr, "wsfwd: %s is not a valid PEM "
+				    "file; give a PEM bundle with --ca FILE\n",
+				    path);
+				exit(2);
 			}
 		}
 	}
@@ -1878,12 +1881,15 @@ tls_events(struct conn *c)
 	    (st & BR_SSL_RECVREC ? POLLIN : 0));
 }
 
-/* Plaintext waiting inside the engine: poll() cannot see it. */
+/*
+ * Plaintext waiting inside the engine, or an engine that closed while
+ * the last read was being served: poll() can see neither.
+ */
 static int
 tls_pending(struct conn *c)
 {
-	return c->tls != NULL &&
-	    (br_ssl_engine_current_state(&c->tls->sc.eng) & BR_SSL_RECVAPP);
+	return c->tls != NULL && (br_ssl_engine_current_state(&c->tls->sc.eng) &
+	    (BR_SSL_RECVAPP | BR_SSL_CLOSED));
 }
 
 /* ==== Connections: the I/O seam ==== */
