@@ -16,10 +16,12 @@ line "N passed, M failed".  Diagnostics (log tails) go to stderr.
 """
 
 import base64
+import datetime
 import hashlib
 import os
 import random
 import re
+import resource
 import select
 import shutil
 import signal
@@ -247,6 +249,7 @@ class Peer:
         if masked:
             payload = mask_bytes(payload, key)
         f = Frame(bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 15, masked, payload)
+        f.key = key             # the masking key as sent, or None
         self.check_frame(f)
         return f
 
@@ -437,11 +440,13 @@ class UpConn(Peer):
         super().__init__(sock)
         self.port = port
 
-    def read_request(self, target):
-        """Read and verify the client's upgrade request; return its key."""
+    def read_request(self, target, host=None):
+        """Read and verify the client's upgrade request; return its key.
+
+        `host` is the expected Host header, default 127.0.0.1:PORT."""
         head = self.read_head()
         eq(head.start, "GET %s HTTP/1.1" % target, "request line")
-        eq(head.get("host"), "%s:%d" % (HOST, self.port), "Host header")
+        eq(head.get("host"), host or "%s:%d" % (HOST, self.port), "Host header")
         eq((head.get("upgrade") or "").lower(), "websocket", "Upgrade header")
         check("upgrade" in head.tokens("connection"),
               "Connection header %r lacks upgrade" % head.get("connection"))
@@ -488,14 +493,14 @@ class Wsfwd:
     """One wsfwd process with stderr in a log file under LOGDIR."""
 
     def __init__(self, args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                 role="server"):
+                 role="server", preexec_fn=None):
         self.role = role
         self.log_path = log_path(role)
         self.args = args
         self.killed = False
         with open(self.log_path, "wb") as logf:
             self.proc = subprocess.Popen([BIN] + args, stdin=stdin, stdout=stdout,
-                                         stderr=logf)
+                                         stderr=logf, preexec_fn=preexec_fn)
         PROCS.append(self)
 
     def log(self):
@@ -555,11 +560,11 @@ class Wsfwd:
         return None
 
 
-def start_server(*args, stdin=True):
+def start_server(*args, stdin=True, preexec_fn=None):
     """wsfwd -l 127.0.0.1:PORT ARGS..., once it logs that it listens."""
     port = free_port()
     w = Wsfwd(["-l", "%s:%d" % (HOST, port)] + list(args),
-              stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
+              stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, preexec_fn=preexec_fn)
     w.port = port
     w.wait_log("listening on %s:%d" % (HOST, port))
     return w
@@ -1241,6 +1246,164 @@ def t_us_silent_upstream_dropped():
     up.accept(timeout=4).handshake("/up")
 
 
+def log_events(text, pattern):
+    """(seconds, match) for each log line whose message matches `pattern`.
+
+    The time is the line's own timestamp (millisecond resolution), so the
+    gaps measured do not depend on how fast this script polls the log."""
+    out = []
+    for ln in text.splitlines():
+        if not TIMESTAMP.match(ln):
+            continue
+        m = re.search(pattern, ln[24:])
+        if m:
+            t = datetime.datetime.strptime(ln[:23], "%Y-%m-%d %H:%M:%S.%f")
+            out.append((t.timestamp(), m))
+    return out
+
+
+RETRY_LINE = r"upstream %s: (?:(connecting to) |lost: (.+); retry in (\d+\.\d) s$)"
+
+
+def retry_events(text, path):
+    """[(t, "connecting", None) or (t, "lost: REASON", delay)] in log order."""
+    ev = []
+    for t, m in log_events(text, RETRY_LINE % re.escape(path)):
+        if m.group(1):
+            ev.append((t, "connecting", None))
+        else:
+            ev.append((t, "lost: " + m.group(2), float(m.group(3))))
+    return ev
+
+
+@test
+def t_us_backoff_doubles():
+    # Nothing listens: each attempt is refused at once, so the log alternates
+    # "connecting to" / "lost: ...; retry in X s" with delays of RETRY_MIN_MS
+    # doubling, each jittered into [d/2, d].
+    port = free_port()
+    w = start_server("/x=ws://%s:%d/feed" % (HOST, port), stdin=False)
+    text = w.wait_log("upstream /x: connecting to", count=4, timeout=8.5)
+    ev = retry_events(text, "/x")[:7]
+    kinds = ["connecting" if k == "connecting" else "lost" for _, k, _ in ev]
+    eq(kinds, ["connecting", "lost"] * 3 + ["connecting"], "sequence of upstream /x log lines")
+    for i, (lo, hi) in enumerate(((0.5, 1.0), (1.0, 2.0), (2.0, 4.0))):
+        t_lost, why, delay = ev[2 * i + 1]
+        t_next = ev[2 * i + 2][0]
+        check("connect" in why, "reason for failure %d is %r" % (i + 1, why))
+        check(lo <= delay <= hi, "retry delay %d announced as %.1f s, want %.1f-%.1f s (%s)"
+              % (i + 1, delay, lo, hi, ", ".join("%.1f" % e[2] for e in ev if e[2] is not None)))
+        gap = t_next - t_lost
+        check(abs(gap - delay) <= 0.3, "retry %d came %.2f s after 'retry in %.1f s'"
+              % (i + 1, gap, delay))
+
+    # Back to fast: a connection that delivered a message resets the backoff.
+    # Two connections that deliver nothing first raise it (to 2 s, which
+    # would be 4 s and then 8 s without the reset).
+    up = FakeUpstream()
+    w2 = start_server("/b=" + up.url(), stdin=False)
+    ws = client(w2, "/b")
+    t_close = None
+    for i, deliver in enumerate((False, False, True, True)):
+        u = up.accept(timeout=5)
+        took = None if t_close is None else time.monotonic() - t_close
+        u.handshake("/up")
+        w2.wait_log("upstream /b: connected", count=i + 1)
+        if i >= 3:
+            check(took <= 1.3, "reconnect after a connection that delivered a message "
+                  "took %.2f s, want <= 1.0 s (+0.3)" % took)
+        if deliver:
+            u.send_frame(OP_TEXT, b"msg %d" % i)
+            ws.expect_msg(OP_TEXT, b"msg %d" % i)
+        u.sock.close()
+        t_close = time.monotonic()
+        text = w2.wait_log("upstream /b: lost", count=i + 1)
+        delay = [e[2] for e in retry_events(text, "/b") if e[2] is not None][i]
+        lo, hi = ((0.5, 1.0), (1.0, 2.0), (0.5, 1.0), (0.5, 1.0))[i]
+        check(lo <= delay <= hi, "after connection %d (%s), retry in %.1f s, want %.1f-%.1f s"
+              % (i + 1, "delivered a message" if deliver else "no message", delay, lo, hi))
+    u = up.accept(timeout=5)
+    took = time.monotonic() - t_close
+    check(took <= 1.3, "reconnect after a connection that delivered a message "
+          "took %.2f s, want <= 1.0 s (+0.3)" % took)
+    u.handshake("/up")
+    ws.ping_pong()
+
+
+@test
+def t_us_hostname_resolved():
+    up = FakeUpstream()
+    url = "ws://localhost:%d/feed" % up.port
+    w = start_server("/b=" + url, stdin=False)
+    ws = client(w, "/b")
+    u = up.accept()
+    u.reply_101(u.read_request("/feed", host="localhost:%d" % up.port))
+    w.wait_log("upstream /b: connected to " + url)
+    u.send_frame(OP_TEXT, b"by name")
+    ws.expect_msg(OP_TEXT, b"by name")
+
+
+@test
+def t_us_unresolvable_name_does_not_block():
+    w = start_server("/x=ws://no-such-host.invalid/feed", "/y=-")
+    x, y = client(w, "/x"), client(w, "/y")
+    # Feed /y, one line at a time, while /x's lookup fails, is retried and
+    # fails again (the first retry comes within a second); each line must
+    # arrive at once, and /x's client must stay connected throughout.
+    deadline = time.monotonic() + 12
+    n = 0
+    while True:
+        ev = retry_events(w.log(), "/x")
+        lost = [e[1] for e in ev if e[1].startswith("lost")]
+        if len(lost) >= 2:
+            break
+        check(time.monotonic() < deadline, "/x did not fail and retry its lookup within "
+              "12 s; log of /x: %r" % [e[1] for e in ev])
+        line = b"line %d" % n
+        t0 = time.monotonic()
+        w.feed(line + b"\n")
+        y.expect_msg(OP_TEXT, line, timeout=3)
+        took = time.monotonic() - t0
+        check(took < 0.5, "line %d on /y took %.2f s while /x was resolving" % (n, took))
+        n += 1
+        if n % 5 == 0:
+            x.ping_pong(timeout=0.5)
+        time.sleep(0.05)
+    for why in lost:
+        check(why.startswith("lost: lookup no-such-host.invalid: ") and len(why) > 36,
+              "reason for the failure of /x is %r, want 'lookup no-such-host.invalid: ...'"
+              % why)
+    check(n >= 3, "only %d lines fed before the retry" % n)
+    x.ping_pong(timeout=0.5)
+
+
+@test
+def t_us_fresh_masks_and_keys():
+    up = FakeUpstream()
+    w = start_server("/b=" + up.url(), stdin=False)
+    u = up.accept()
+    key1 = u.read_request("/up")        # checks that it decodes to 16 bytes
+    u.reply_101(key1)
+    w.wait_log("upstream /b: connected")
+    masks = []
+    for p in (os.urandom(125), b"second ping"):
+        u.send_frame(OP_PING, p)
+        f = u.recv_frame()
+        eq((f.opcode, f.payload), (OP_PONG, p), "wsfwd's pong (unmasked)")
+        masks.append(f.key)
+    check(masks[0] != masks[1], "two pongs masked with the same key %s" % masks[0].hex())
+    u.sock.close()                      # the second connection needs a new key
+    w.wait_log("upstream /b: lost")
+    u2 = up.accept(timeout=3)
+    key2 = u2.read_request("/up")
+    check(key1 != key2, "both upstream connections sent Sec-WebSocket-Key %s" % key1)
+    u2.reply_101(key2)
+    u2.send_frame(OP_PING, b"third")
+    f = u2.recv_frame()
+    eq((f.opcode, f.payload), (OP_PONG, b"third"), "pong on the second connection")
+    check(f.key not in masks, "mask key %s reused on the second connection" % f.key.hex())
+
+
 # ---------------------------------------------------------------- slow client
 
 @test
@@ -1379,6 +1542,132 @@ def t_sigterm_unresponsive_client():
     f = ws.recv_frame(2)
     eq(f.code, 1001, "close code on SIGTERM (%r)" % f)
     eq(w.wait_exit(3), 0, "exit status after SIGTERM")
+
+
+@test
+def t_sigint_close_1001():
+    w = start_server("/a=-")
+    a, b = client(w), client(w)
+    t0 = time.monotonic()
+    w.proc.send_signal(signal.SIGINT)
+    for ws in (a, b):
+        ws.expect_close(1001, timeout=2, reply=True)
+    eq(w.wait_exit(2), 0, "exit status after SIGINT")
+    check(time.monotonic() - t0 <= 2.0, "exit took %.1f s" % (time.monotonic() - t0))
+
+
+# ---------------------------------------------------------------- descriptors
+
+def nofile_limits(pid):
+    """(soft, hard) "Max open files" of a process, from /proc/PID/limits."""
+    with open("/proc/%d/limits" % pid) as f:
+        for ln in f:
+            if ln.startswith("Max open files"):
+                soft, hard = ln[len("Max open files"):].split()[:2]
+                return soft, hard
+    fail("no 'Max open files' line in /proc/%d/limits" % pid)
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@test
+def t_fd_rlimit_raised():
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    check(hard > 128, "hard RLIMIT_NOFILE of this shell is only %d" % hard)
+    w = start_server("/a=-", preexec_fn=lambda: resource.setrlimit(
+        resource.RLIMIT_NOFILE, (64, hard)))
+    want = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    eq(nofile_limits(w.proc.pid), (want, want), "wsfwd's (soft, hard) Max open files")
+    # and it serves more clients than the soft limit it was started with
+    clients = [client(w) for _ in range(80)]
+    w.feed(b"to 80\n")
+    for c in clients:
+        c.expect_msg(OP_TEXT, b"to 80")
+
+
+@test
+def t_fd_exhaustion_no_busy_loop():
+    w = start_server("/y=-", preexec_fn=lambda: resource.setrlimit(
+        resource.RLIMIT_NOFILE, (32, 32)))
+    eq(nofile_limits(w.proc.pid), ("32", "32"), "wsfwd's Max open files")
+    pending = {}                # socket -> (key, bytes received)
+    refused = upgraded = 0
+    for _ in range(60):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        SOCKS.append(s)
+        s.settimeout(2)
+        req, key = build_request(w.port, "/y")
+        try:
+            s.connect((HOST, w.port))
+            s.sendall(req)
+        except socket.timeout:
+            fail("connect or send to wsfwd blocked for 2 s")
+        except OSError:
+            refused += 1
+            continue
+        pending[s] = (key, b"")
+
+    def collect(until):
+        nonlocal refused, upgraded
+        while pending:
+            left = until - time.monotonic()
+            if left <= 0:
+                break
+            r, _, _ = select.select(list(pending), [], [], left)
+            for s in r:
+                key, buf = pending[s]
+                try:
+                    data = s.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    del pending[s]
+                    check(not buf, "connection closed after a partial response %r" % buf)
+                    refused += 1
+                    continue
+                buf += data
+                if b"\r\n\r\n" in buf:
+                    del pending[s]
+                    check_101(HttpHead(buf[:buf.index(b"\r\n\r\n")]), key)
+                    upgraded += 1
+                else:
+                    pending[s] = (key, buf)
+
+    collect(time.monotonic() + 2)
+    cpu0, t0 = cpu_seconds(w.proc.pid), time.monotonic()
+    collect(t0 + 2)             # still watching the sockets, all kept open
+    time.sleep(max(0, t0 + 2 - time.monotonic()))
+    cpu = cpu_seconds(w.proc.pid) - cpu0
+    span = time.monotonic() - t0
+    check(w.alive(), "wsfwd exited (status %s)" % w.proc.returncode)
+    check(cpu < 0.3, "wsfwd used %.2f s of CPU in %.1f s with descriptors exhausted "
+          "(%d upgraded, %d refused, %d unanswered)" % (cpu, span, upgraded, refused, len(pending)))
+    check(upgraded >= 1 and refused >= 1, "of 60 connections %d upgraded, %d refused, "
+          "%d unanswered; want some of each of the first two" % (upgraded, refused, len(pending)))
+    check(not pending, "%d of 60 connections neither upgraded nor closed after 4 s "
+          "(%d upgraded, %d refused)" % (len(pending), upgraded, refused))
+    for s in SOCKS:
+        s.close()
+    del SOCKS[:]
+    deadline = time.monotonic() + 2
+    while True:                 # wsfwd may still be closing the old ones
+        try:
+            c = WS(w.port)
+            c.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            c.handshake("/y")
+            break
+        except (TestFail, OSError) as e:
+            check(time.monotonic() < deadline,
+                  "no new client upgraded within 2 s after closing all: %s" % e)
+            time.sleep(0.05)
+    w.wait_client(c, "/y")
+    w.feed(b"fds back\n")
+    c.expect_msg(OP_TEXT, b"fds back")
 
 
 # ---------------------------------------------------------------- CLI
