@@ -70,7 +70,10 @@
 #define FRAME_HEAD		10	/* largest unmasked frame header */
 #define RBUF_SIZE		65536	/* the one read buffer everybody shares */
 #define READS_PER_EVENT		16	/* reads per upstream readiness: batch, stay fair */
-#define IOV_BATCH		64	/* messages handed to one sendmsg() */
+#define IOV_BATCH		64	/* buffers handed to one sendmsg() */
+#define BATCH_CAP		65536	/* a turn's small messages share a buffer */
+#define BATCH_SMALL		16384	/* larger ones travel in their own */
+#define REUSE_MAX		65536	/* keep a reassembly buffer this small */
 #define ACCEPT_BATCH		64	/* accepts per listener readiness */
 #define LINE_MAX_DEFAULT	(16u << 20)
 #define MAX_QUEUE_DEFAULT	(1u << 20)
@@ -231,6 +234,8 @@ struct route {
 	struct upstream	*up;
 	struct conn	*clients;
 	unsigned	 nclients;
+	int		 ready;		/* some client is not behind */
+	struct msg	*batch;		/* this turn's messages, framed */
 };
 
 struct http {
@@ -266,6 +271,8 @@ static void	 addr_format(const struct sockaddr *, char *, size_t);
 static size_t	 b64_decode(unsigned char *, size_t, const char *, size_t);
 static void	 b64_encode(char *, const unsigned char *, size_t);
 static int	 b64_value(int);
+static void	 batch_flush(struct route *);
+static unsigned char	*batch_room(struct route *, size_t);
 static void	 broadcast(struct route *, struct msg *);
 static int	 ca_add(struct ca_loader *);
 static void	 ca_dn(void *, const void *, size_t);
@@ -275,7 +282,8 @@ static void	 ca_setup(void);
 static void	 cat_deliver(struct msg *);
 static int	 client_check(struct conn *, struct http *, const char **,
 		    const char **);
-static void	 client_handshake(struct conn *, size_t);
+static void	 client_head(struct conn *, char *, size_t, unsigned char *,
+		    size_t);
 static void	 client_join(struct conn *, const char *);
 static void	 client_leave(struct conn *, const char *);
 static void	 client_reject(struct conn *, int, const char *);
@@ -288,6 +296,7 @@ static void	 conn_event(struct conn *, short);
 static short	 conn_events(struct conn *);
 static void	 conn_fail(struct conn *, int);
 static int	 conn_flush(struct conn *);
+static void	 conn_head(struct conn *, unsigned char *, size_t);
 static void	 conn_kill(struct conn *);
 static void	 conn_lost(struct conn *, const char *);
 static void	 conn_mark(struct conn *);
@@ -311,6 +320,7 @@ static size_t	 http_head_end(const char *, size_t, size_t);
 static const char	*http_header(struct http *, const char *, int *);
 static char	*http_line(char **);
 static int	 http_parse(char *, size_t, struct http *, int);
+static int	 http_parse_lines(char *, size_t, struct http *, int);
 static void	 listen_parse(char *);
 static void	 listen_setup(void);
 static const char	*log_clean(const unsigned char *, size_t);
@@ -333,8 +343,11 @@ static int	 queue_push(struct queue *, struct msg *, int);
 static void	 rand_bytes(void *, size_t);
 static unsigned	 rand_u32(void);
 static void	 route_add(char *);
+static int	 route_behind(struct route *);
 static void	 route_end(struct route *);
 static struct route	*route_find(const char *, size_t);
+static void	 route_send(struct route *, struct msg *);
+static void	 routes_ready(void);
 static int	 set_nonblock(int);
 static void	 setup(void);
 static void	 sha1_block(uint32_t[5], const unsigned char *);
@@ -347,6 +360,7 @@ static void	 signal_setup(void);
 static void	 stdin_keep(struct route *, const unsigned char *, size_t);
 static void	 stdin_line(struct route *, const unsigned char *, size_t);
 static void	 stdin_read(struct route *);
+static int64_t	 timer_at(int64_t);
 static int64_t	 timers(void);
 static const char	*tls_alert(int);
 static short	 tls_events(struct conn *);
@@ -361,7 +375,8 @@ static const char	*upstream_check(struct upstream *, struct http *);
 static void	 upstream_connect_done(struct conn *, int);
 static void	 upstream_deliver(struct upstream *, struct msg *);
 static void	 upstream_fail(struct upstream *, const char *, ...);
-static void	 upstream_handshake(struct conn *, size_t);
+static void	 upstream_head(struct conn *, char *, size_t,
+		    unsigned char *, size_t);
 static void	 upstream_start(struct upstream *);
 static int64_t	 upstream_timers(struct upstream *);
 static void	 upstream_try(struct upstream *);
@@ -377,7 +392,9 @@ static int	 ws_data(struct conn *, const unsigned char *, size_t);
 static int	 ws_feed(struct conn *, unsigned char *, size_t);
 static int	 ws_frame_end(struct conn *);
 static int	 ws_head(struct conn *);
+static size_t	 ws_head_len(uint64_t);
 static size_t	 ws_head_need(const unsigned char *, unsigned);
+static size_t	 ws_head_write(unsigned char *, int, uint64_t);
 static void	 xi_append(const br_x509_class **, const unsigned char *,
 		    size_t);
 static void	 xi_end_cert(const br_x509_class **);
@@ -404,6 +421,7 @@ static int		 wake_pipe[2] = { -1, -1 };	/* resolver, signals */
 static int64_t		 now;		/* CLOCK_MONOTONIC ms, once per turn */
 static int64_t		 exit_at;	/* shutting down: leave by then */
 static int64_t		 listen_pause, emfile_logged;
+static int64_t		 timer_next;	/* no connection timer is due before */
 static int		 exit_status;
 static int		 cat_done = -1;	/* --cat: exit status once known */
 static unsigned char	 rbuf[RBUF_SIZE];
@@ -464,6 +482,15 @@ usage_error(const char *fmt, ...)
 	va_end(ap);
 	fputs(" (see wsfwd --help)\n", stderr);
 	exit(2);
+}
+
+/* Note a connection deadline, so that the timer scan will not skip it. */
+static int64_t
+timer_at(int64_t t)
+{
+	if (t < timer_next)
+		timer_next = t;
+	return t;
 }
 
 static int64_t
@@ -777,11 +804,25 @@ http_line(char **pp)
 
 /*
  * Parse a complete head (request or response) in place.  buf holds len
- * bytes ending with the blank line and one spare byte for a NUL.
+ * bytes ending with the blank line; buf[len] must be addressable and is
+ * left as it was (it may be the first byte of a frame).
  * Returns 0, or -1 on anything malformed.
  */
 static int
 http_parse(char *buf, size_t len, struct http *m, int response)
+{
+	char save = buf[len];
+	int r;
+
+	buf[len] = '\0';
+	r = http_parse_lines(buf, len, m, response);
+	buf[len] = save;
+	return r;
+}
+
+/* http_parse() on a NUL-terminated head: lines split at their ends. */
+static int
+http_parse_lines(char *buf, size_t len, struct http *m, int response)
 {
 	char *p = buf, *line, *colon, *v, *e, *sp, *s;
 	unsigned char ch;
@@ -796,7 +837,6 @@ http_parse(char *buf, size_t len, struct http *m, int response)
 		if (ch == '\r' && (i + 1 == len || buf[i + 1] != '\n'))
 			return -1;	/* a bare CR is not a line end */
 	}
-	buf[len] = '\0';
 	if ((line = http_line(&p)) == NULL)
 		return -1;
 	if (response) {
@@ -912,7 +952,7 @@ msg_new(size_t cap)
 }
 
 /*
- * Write an unmasked, final frame header in front of plen payload bytes.
+ * Header bytes of an unmasked frame with len payload bytes.
  *
  *   0               1               2               3
  *   0 1 2 3 4 5 6 7 0 1 2 3 4 5 6 7 0 1 2 3 4 5 6 7 0 1 2 3 4 5 6 7
@@ -925,30 +965,41 @@ msg_new(size_t cap)
  *  |     Masking-key, if MASK set to 1 (client to server only)     |
  *  +---------------------------------------------------------------+
  */
-static void
-msg_seal(struct msg *m, int op, size_t plen)
+static size_t
+ws_head_len(uint64_t len)
 {
-	unsigned char *pl = m->data + FRAME_HEAD, *h;
-	uint64_t len = plen;
-	int i;
+	return len < 126 ? 2 : len <= 0xFFFF ? 4 : 10;
+}
 
-	if (len < 126) {
-		h = pl - 2;
+/* Write the header of an unmasked final frame; returns its length. */
+static size_t
+ws_head_write(unsigned char *h, int op, uint64_t len)
+{
+	size_t n = ws_head_len(len), i;
+
+	h[0] = (unsigned char)(0x80 | op);
+	if (n == 2)
 		h[1] = (unsigned char)len;
-	} else if (len <= 0xFFFF) {
-		h = pl - 4;
+	else if (n == 4) {
 		h[1] = 126;
 		h[2] = (unsigned char)(len >> 8);
 		h[3] = (unsigned char)len;
 	} else {
-		h = pl - 10;
 		h[1] = 127;
 		for (i = 0; i < 8; i++)
 			h[2 + i] = (unsigned char)(len >> (56 - 8 * i));
 	}
-	h[0] = (unsigned char)(0x80 | op);
-	m->p = h;
-	m->len = (size_t)(pl - h) + plen;
+	return n;
+}
+
+/* Put a final frame header in front of plen payload bytes in m. */
+static void
+msg_seal(struct msg *m, int op, size_t plen)
+{
+	unsigned char *pl = m->data + FRAME_HEAD;
+
+	m->p = pl - ws_head_len(plen);
+	m->len = ws_head_write(m->p, op, plen) + plen;
 }
 
 /* A whole frame for one peer; masked (fresh key) when we are the client. */
@@ -1268,10 +1319,15 @@ ws_frame_end(struct conn *c)
 	if (c->kind == CONN_CLIENT)
 		return 0;	/* clients' messages go nowhere */
 	m = d->msg;
-	d->msg = NULL;
-	d->msgcap = 0;
 	msg_seal(m, op, (size_t)d->msglen);
 	upstream_deliver(c->up, m);
+	/* Copied into a batch (or nobody listening): reuse the buffer. */
+	if (c->state != CONN_DEAD && m->refs == 1 && d->msgcap <= REUSE_MAX)
+		return 0;
+	if (d->msg == m) {
+		d->msg = NULL;
+		d->msgcap = 0;
+	}
 	msg_unref(m);
 	return 0;
 }
@@ -1888,8 +1944,16 @@ tls_events(struct conn *c)
 static int
 tls_pending(struct conn *c)
 {
-	return c->tls != NULL && (br_ssl_engine_current_state(&c->tls->sc.eng) &
-	    (BR_SSL_RECVAPP | BR_SSL_CLOSED));
+	unsigned st;
+
+	if (c->tls == NULL)
+		return 0;
+	st = br_ssl_engine_current_state(&c->tls->sc.eng);
+	/* A paused upstream's plaintext waits; a closed engine never does. */
+	if ((st & BR_SSL_CLOSED) != 0)
+		return 1;
+	return (st & BR_SSL_RECVAPP) != 0 && !(c->kind == CONN_UPSTREAM &&
+	    c->state == CONN_OPEN && route_behind(c->route));
 }
 
 /* ==== Connections: the I/O seam ==== */
@@ -2064,7 +2128,7 @@ conn_send_close(struct conn *c, unsigned code, int urgent)
 		return;
 	c->close_code = code;
 	c->state = urgent ? CONN_DRAIN : CONN_CLOSING;
-	c->deadline = now + CLOSE_TIMEOUT_MS;
+	c->deadline = timer_at(now + CLOSE_TIMEOUT_MS);
 }
 
 /* Flush what is queued, send FIN, wait for the peer's FIN (bounded). */
@@ -2072,7 +2136,7 @@ static void
 conn_drain(struct conn *c)
 {
 	c->state = CONN_DRAIN;
-	c->deadline = now + CLOSE_TIMEOUT_MS;
+	c->deadline = timer_at(now + CLOSE_TIMEOUT_MS);
 	conn_mark(c);
 }
 
@@ -2156,6 +2220,53 @@ conn_closed_by_peer(struct conn *c, unsigned code)
 	upstream_fail(c->up, "%s", why);
 }
 
+/*
+ * Bytes of an HTTP head arrived.  A head that came whole in one read is
+ * parsed where it lies; only a head split over reads is gathered in c->hs,
+ * so a client costs no head buffer unless it trickles.  What follows the
+ * head in the same read is handed on with it.
+ */
+static void
+conn_head(struct conn *c, unsigned char *buf, size_t n)
+{
+	size_t from = c->hslen, end = 0, k;
+	char *h = (char *)buf;
+
+	if (c->hs == NULL)
+		end = http_head_end(h, n, 0);
+	if (end == 0) {
+		if (c->hs == NULL && (c->hs = malloc(HEADER_MAX + 1)) == NULL) {
+			conn_lost(c, "out of memory");
+			return;
+		}
+		k = MIN(n, HEADER_MAX - c->hslen);
+		memcpy(c->hs + c->hslen, buf, k);
+		c->hslen += k;
+		h = c->hs;
+		end = http_head_end(h, c->hslen, from >= 3 ? from - 3 : 0);
+		if (end == 0 && c->hslen < HEADER_MAX)
+			return;
+		buf += end - from, n -= end - from;	/* what follows */
+	} else
+		buf += end, n -= end;
+	if (end == 0 || end > HEADER_MAX) {
+		if (c->kind == CONN_CLIENT)
+			client_reject(c, 400, "request head too large");
+		else
+			upstream_fail(c->up, "handshake: response head too large");
+		return;
+	}
+	if (c->kind == CONN_CLIENT)
+		client_head(c, h, end, buf, n);
+	else
+		upstream_head(c, h, end, buf, n);
+	if (c->state != CONN_DEAD && c->state != CONN_HANDSHAKE) {
+		free(c->hs);
+		c->hs = NULL;
+		c->hslen = 0;
+	}
+}
+
 /* Bytes arrived; one read per turn for clients, a few for upstreams. */
 static void
 conn_readable(struct conn *c)
@@ -2167,15 +2278,6 @@ conn_readable(struct conn *c)
 
 	while (rounds-- > 0 && c->state != CONN_DEAD) {
 		buf = rbuf, cap = sizeof rbuf;
-		if (c->state == CONN_HANDSHAKE) {
-			if (c->hs == NULL && (c->hs = malloc(HEADER_MAX + 1)) ==
-			    NULL) {
-				conn_lost(c, "out of memory");
-				return;
-			}
-			buf = (unsigned char *)c->hs + c->hslen;
-			cap = HEADER_MAX - c->hslen;
-		}
 		if ((n = conn_read(c, buf, cap)) == -2)
 			return;
 		if (n <= 0) {
@@ -2186,11 +2288,7 @@ conn_readable(struct conn *c)
 		c->last_rx = now;
 		switch (c->state) {
 		case CONN_HANDSHAKE:
-			c->hslen += (size_t)n;
-			if (c->kind == CONN_CLIENT)
-				client_handshake(c, (size_t)n);
-			else
-				upstream_handshake(c, (size_t)n);
+			conn_head(c, buf, (size_t)n);
 			break;
 		case CONN_OPEN:
 		case CONN_CLOSING:
@@ -2238,11 +2336,17 @@ conn_event(struct conn *c, short revents)
 static short
 conn_events(struct conn *c)
 {
+	short ev;
+
 	if (c->state == CONN_CONNECTING)
 		return POLLOUT;
-	if (c->tls != NULL)
-		return tls_events(c);
-	return (short)(POLLIN | (c->q.n > 0 ? POLLOUT : 0));
+	ev = c->tls != NULL ? tls_events(c) :
+	    (short)(POLLIN | (c->q.n > 0 ? POLLOUT : 0));
+	/* Every client is behind: let TCP push back on the origin. */
+	if (c->kind == CONN_UPSTREAM && c->state == CONN_OPEN &&
+	    route_behind(c->route))
+		ev &= ~POLLIN;
+	return ev;
 }
 
 /* Deadlines and keepalive; returns when c next needs the clock. */
@@ -2464,7 +2568,7 @@ client_join(struct conn *c, const char *key)
 		return;
 	c->state = CONN_OPEN;
 	c->deadline = 0;
-	c->ping_at = now + opt.ping_ms;
+	c->ping_at = timer_at(now + opt.ping_ms);
 	c->next = r->clients;
 	if (r->clients != NULL)
 		r->clients->prev = c;
@@ -2476,24 +2580,19 @@ client_join(struct conn *c, const char *key)
 	    r->path, r->nclients);
 }
 
-/* got more bytes of the request head arrived in c->hs. */
+/*
+ * A whole request head h[0..end) arrived, then n more bytes at rest
+ * (frames a client may pipeline behind its request).
+ */
 static void
-client_handshake(struct conn *c, size_t got)
+client_head(struct conn *c, char *h, size_t end, unsigned char *rest,
+    size_t n)
 {
 	struct http m;
 	const char *key = NULL, *why;
-	size_t from = c->hslen - got, end;
-	char save;
 	int status, code;
 
-	end = http_head_end(c->hs, c->hslen, from >= 3 ? from - 3 : 0);
-	if (end == 0) {
-		if (c->hslen >= HEADER_MAX)
-			client_reject(c, 400, "request head too large");
-		return;
-	}
-	save = c->hs[end];
-	if (http_parse(c->hs, end, &m, 0) < 0) {
+	if (http_parse(h, end, &m, 0) < 0) {
 		client_reject(c, 400, "malformed request");
 		return;
 	}
@@ -2502,15 +2601,8 @@ client_handshake(struct conn *c, size_t got)
 		return;
 	}
 	client_join(c, key);
-	if (c->state != CONN_OPEN)
-		return;
-	/* Frames pipelined behind the request are ours to decode. */
-	c->hs[end] = save;
-	if (c->hslen > end &&
-	    (code = ws_feed(c, (unsigned char *)c->hs + end, c->hslen - end)))
+	if (c->state == CONN_OPEN && n > 0 && (code = ws_feed(c, rest, n)))
 		conn_fail(c, code);
-	free(c->hs);
-	c->hs = NULL;
 }
 
 /* Queue one shared message to every open client of r. */
@@ -2536,6 +2628,55 @@ broadcast(struct route *r, struct msg *m)
 		}
 		conn_mark(c);
 	}
+}
+
+/*
+ * Room for n more bytes at the end of r's batch (a new or fresh one).
+ * The small messages of one turn share that buffer, so each client gets
+ * them in one piece and one sendmsg().
+ */
+static unsigned char *
+batch_room(struct route *r, size_t n)
+{
+	if (r->batch != NULL && r->batch->len + n > BATCH_CAP)
+		batch_flush(r);
+	if (r->batch == NULL && (r->batch = msg_new(BATCH_CAP)) == NULL)
+		return NULL;
+	return r->batch->p + r->batch->len;
+}
+
+/* Hand the batch to the clients, trimmed to what it holds. */
+static void
+batch_flush(struct route *r)
+{
+	struct msg *b = r->batch, *v;
+
+	if (b == NULL)
+		return;
+	r->batch = NULL;
+	if (b->len > 0) {
+		if ((v = realloc(b, sizeof *b + FRAME_HEAD + 4 + b->len)) != NULL)
+			b = v, b->p = b->data + FRAME_HEAD;
+		broadcast(r, b);
+	}
+	msg_unref(b);
+}
+
+/* One whole frame for every client of r, in order with the rest. */
+static void
+route_send(struct route *r, struct msg *m)
+{
+	unsigned char *dst;
+
+	if (r->nclients == 0)
+		return;
+	if (m->len > BATCH_SMALL || (dst = batch_room(r, m->len)) == NULL) {
+		batch_flush(r);
+		broadcast(r, m);
+		return;
+	}
+	memcpy(dst, m->p, m->len);
+	r->batch->len += m->len;
 }
 
 /* Accept one client; -1 when there is nobody left to accept. */
@@ -2575,7 +2716,7 @@ accept_one(void)
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	addr_format((struct sockaddr *)&ss, c->peer, sizeof c->peer);
-	c->deadline = now + HANDSHAKE_TIMEOUT_MS;
+	c->deadline = timer_at(now + HANDSHAKE_TIMEOUT_MS);
 	logmsg(L_DEBUG, "[%u] %s accepted", c->id, c->peer);
 	return 0;
 }
@@ -2786,25 +2927,17 @@ upstream_check(struct upstream *u, struct http *m)
 	return NULL;
 }
 
-/* More of the server's response head arrived in c->hs. */
+/* The server's whole response head h[0..end) arrived, then n bytes at rest. */
 static void
-upstream_handshake(struct conn *c, size_t got)
+upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
+    size_t n)
 {
 	struct upstream *u = c->up;
 	struct http m;
 	const char *why;
-	size_t from = c->hslen - got, end;
-	char save;
 	int code;
 
-	end = http_head_end(c->hs, c->hslen, from >= 3 ? from - 3 : 0);
-	if (end == 0) {
-		if (c->hslen >= HEADER_MAX)
-			upstream_fail(u, "handshake: response head too large");
-		return;
-	}
-	save = c->hs[end];
-	if (http_parse(c->hs, end, &m, 1) < 0) {
+	if (http_parse(h, end, &m, 1) < 0) {
 		upstream_fail(u, "handshake: malformed response");
 		return;
 	}
@@ -2813,7 +2946,7 @@ upstream_handshake(struct conn *c, size_t got)
 		return;
 	}
 	c->state = CONN_OPEN;
-	c->ping_at = now + opt.ping_ms;
+	c->ping_at = timer_at(now + opt.ping_ms);
 	u->up_since = now;
 	u->deadline = 0;
 	u->delivered = 0;
@@ -2822,14 +2955,8 @@ upstream_handshake(struct conn *c, size_t got)
 	logmsg(u->cat ? L_DEBUG : L_INFO, "upstream %s: connected to %s (%s)",
 	    u->route->path, u->url->text, c->peer);
 	/* Frames that came in the same read as the 101 are the first data. */
-	c->hs[end] = save;
-	if (c->hslen > end &&
-	    (code = ws_feed(c, (unsigned char *)c->hs + end, c->hslen - end)))
+	if (n > 0 && (code = ws_feed(c, rest, n)))
 		conn_fail(c, code);
-	if (c->state != CONN_DEAD) {
-		free(c->hs);
-		c->hs = NULL;
-	}
 }
 
 /* A whole message came from upstream. */
@@ -2840,7 +2967,7 @@ upstream_deliver(struct upstream *u, struct msg *m)
 	if (u->cat)
 		cat_deliver(m);
 	else
-		broadcast(u->route, m);
+		route_send(u->route, m);
 }
 
 /*
@@ -2965,12 +3092,37 @@ route_find(const char *path, size_t n)
 	return NULL;
 }
 
+/*
+ * Which routes have a client that is keeping up?  A source is read only
+ * while one has: the slowest fall behind (and past --max-queue, out), the
+ * fastest sets the pace, and a route whose clients all lag stops reading
+ * its source until they catch up.
+ */
+static void
+routes_ready(void)
+{
+	size_t i, high = opt.max_queue / 4;
+
+	for (i = 0; i < nroutes; i++)
+		routes[i].ready = 0;
+	for (i = 0; i < nconns; i++)
+		if (conns[i]->joined && conns[i]->q.bytes < high)
+			conns[i]->route->ready = 1;
+}
+
+static int
+route_behind(struct route *r)
+{
+	return r->nclients > 0 && !r->ready;
+}
+
 /* A source ended: every client gets close 1000 after what it has queued. */
 static void
 route_end(struct route *r)
 {
 	struct conn *c;
 
+	batch_flush(r);
 	r->done = 1;
 	logmsg(L_INFO, "route %s: end of input, closing %u clients", r->path,
 	    r->nclients);
@@ -2986,6 +3138,8 @@ stdin_line(struct route *r, const unsigned char *p, size_t n)
 {
 	uint32_t st = 0;
 	struct msg *m;
+	unsigned char *dst;
+	size_t hl;
 
 	r->lineno++;
 	if (n > opt.max_message) {
@@ -2997,6 +3151,15 @@ stdin_line(struct route *r, const unsigned char *p, size_t n)
 		logmsg(L_ERR, "stdin line %lu: not UTF-8, skipped", r->lineno);
 		return;
 	}
+	if (r->nclients == 0)
+		return;
+	hl = ws_head_len(n);
+	if (hl + n <= BATCH_SMALL && (dst = batch_room(r, hl + n)) != NULL) {
+		ws_head_write(dst, WS_OP_TEXT, n);
+		memcpy(dst + hl, p, n);
+		r->batch->len += hl + n;
+		return;
+	}
 	if ((m = msg_new(n)) == NULL) {
 		logmsg(L_ERR, "stdin line %lu: out of memory, skipped",
 		    r->lineno);
@@ -3004,6 +3167,7 @@ stdin_line(struct route *r, const unsigned char *p, size_t n)
 	}
 	memcpy(m->data + FRAME_HEAD, p, n);
 	msg_seal(m, WS_OP_TEXT, n);
+	batch_flush(r);
 	broadcast(r, m);
 	msg_unref(m);
 }
@@ -3105,6 +3269,8 @@ shutdown_begin(void)
 
 	exit_at = now + SHUTDOWN_MS;
 	logmsg(L_INFO, "shutting down");
+	for (i = 0; i < nroutes; i++)
+		batch_flush(&routes[i]);
 	if (listen_fd >= 0)
 		close(listen_fd);
 	listen_fd = -1;
@@ -3127,11 +3293,19 @@ timers(void)
 	int64_t next = exit_at ? exit_at : INT64_MAX, t;
 	size_t i;
 
-	/* Connections first: a timeout there schedules an upstream retry. */
-	for (i = 0; i < nconns; i++)
-		if (conns[i]->state != CONN_DEAD &&
-		    (t = conn_timers(conns[i])) < next)
-			next = t;
+	/*
+	 * Connections first: a timeout there schedules an upstream retry.
+	 * They are scanned only when one is due (deadlines are only ever
+	 * moved later, or set through timer_at()), not on every turn.
+	 */
+	if (now >= timer_next) {
+		timer_next = INT64_MAX;
+		for (i = 0; i < nconns; i++)
+			if (conns[i]->state != CONN_DEAD &&
+			    (t = conn_timers(conns[i])) < timer_next)
+				timer_next = t;
+	}
+	next = MIN(next, timer_next);
 	for (i = 0; i < nroutes; i++)
 		if (routes[i].up != NULL &&
 		    (t = upstream_timers(routes[i].up)) < next)
@@ -3190,8 +3364,10 @@ loop(void)
 			listen_pause = 0;
 		pfd[POLL_LISTEN].fd = listen_pause ? -1 : listen_fd;
 		pfd[POLL_DNS].fd = wake_pipe[0];
+		routes_ready();
 		pfd[POLL_STDIN].fd = stdin_route != NULL && !stdin_route->done &&
-		    exit_at == 0 ? STDIN_FILENO : -1;
+		    !route_behind(stdin_route) && exit_at == 0 ?
+		    STDIN_FILENO : -1;
 		for (i = 0; i < POLL_FIXED; i++)
 			pfd[i].events = POLLIN;
 		for (pending = 0, n = nconns, i = 0; i < n; i++) {
@@ -3223,6 +3399,8 @@ loop(void)
 		if (pfd[POLL_LISTEN].revents && listen_fd >= 0)
 			for (k = 0; k < ACCEPT_BATCH && accept_one() == 0; k++)
 				;
+		for (i = 0; i < nroutes; i++)
+			batch_flush(&routes[i]);
 		flush_dirty();
 	}
 	free(pfd);
@@ -4048,7 +4226,11 @@ test_decoder_upstream(void)
 		} else
 			ok = ws_feed(&up, copy, cut) == 0 &&
 			    ws_feed(&up, copy + cut, n - cut) == 0;
-		ok = ok && test_queue_is(&cl.q, want, w) && up.q.n == 1;
+		batch_flush(&r);
+		msg_unref(up.d.msg);
+		/* Small messages share a batch; the big one goes alone. */
+		ok = ok && test_queue_is(&cl.q, want, w) && cl.q.n == 3 &&
+		    up.q.n == 1;
 		/* The pong: masked, same payload. */
 		if (ok) {
 			struct msg *m = up.q.v[up.q.head];
