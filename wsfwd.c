@@ -2267,17 +2267,25 @@ conn_head(struct conn *c, unsigned char *buf, size_t n)
 	}
 }
 
-/* Bytes arrived; one read per turn for clients, a few for upstreams. */
+/*
+ * Bytes arrived.  A client gets one read a turn.  An upstream gets up to a
+ * quarter of --max-queue (at most READS_PER_EVENT reads): that is all its
+ * clients' queues can grow by in one turn, so a client that was keeping
+ * up when the turn began is still within --max-queue after it.
+ */
 static void
 conn_readable(struct conn *c)
 {
-	int rounds = c->kind == CONN_UPSTREAM ? READS_PER_EVENT : 1, code;
-	unsigned char *buf;
-	size_t cap;
+	unsigned char *buf = rbuf;
+	size_t cap, got = 0, budget = sizeof rbuf;
 	ssize_t n;
+	int code;
 
-	while (rounds-- > 0 && c->state != CONN_DEAD) {
-		buf = rbuf, cap = sizeof rbuf;
+	if (c->kind == CONN_UPSTREAM)
+		budget = MAX(MIN(opt.max_queue / 4,
+		    (size_t)READS_PER_EVENT * sizeof rbuf), 1);
+	while (got < budget && c->state != CONN_DEAD) {
+		cap = MIN(sizeof rbuf, budget - got);
 		if ((n = conn_read(c, buf, cap)) == -2)
 			return;
 		if (n <= 0) {
@@ -2286,6 +2294,7 @@ conn_readable(struct conn *c)
 			return;
 		}
 		c->last_rx = now;
+		got += (size_t)n;
 		switch (c->state) {
 		case CONN_HANDSHAKE:
 			conn_head(c, buf, (size_t)n);
@@ -3202,7 +3211,9 @@ stdin_read(struct route *r)
 	unsigned char *p, *nl, *end;
 	ssize_t n;
 
-	n = read(STDIN_FILENO, rbuf, sizeof rbuf);
+	/* As for an upstream: no more than the clients may fall behind by. */
+	n = read(STDIN_FILENO, rbuf, MAX(MIN(sizeof rbuf, opt.max_queue / 4),
+	    1));
 	if (n < 0 && (errno == EINTR || errno == EAGAIN))
 		return;
 	if (n < 0)

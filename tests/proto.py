@@ -1456,6 +1456,71 @@ def t_slow_client_dropped():
     check("%s:%d slow client dropped" % (HOST, fast.lport) not in w.log(), "fast client dropped")
 
 
+def write_until_stalled(write, data, limit, what):
+    """Non-blocking write() of data until it makes no progress for 1 s.
+
+    Returns the bytes written; fails once more than `limit` went in, which
+    means the other side kept reading with nobody reading from it.
+    """
+    off, last = 0, time.monotonic()
+    deadline = last + 30
+    while time.monotonic() - last < 1.0:
+        check(time.monotonic() < deadline, "%s: still taking data after 30 s" % what)
+        check(off <= limit, "%s took %d bytes for a client that reads nothing: "
+              "no backpressure" % (what, off))
+        try:
+            k = write(data[off:off + 65536])
+        except (BlockingIOError, socket.timeout):
+            k = 0
+        if k:
+            off += k
+            last = time.monotonic()
+        else:
+            time.sleep(0.01)
+    return off
+
+
+@test
+def t_backpressure_stdin():
+    # The only client reads nothing: wsfwd stops reading stdin rather than
+    # dropping it, and once it reads it gets every line, in order.
+    w = start_server("--max-queue", "256K", "/a=-")
+    ws = client(w, "/a", rcvbuf=4096)
+    size, count = 1000, 40000
+    lines = [b"%08d" % i + b"y" * (size - 9) for i in range(count)]
+    data = memoryview(b"".join(l + b"\n" for l in lines))
+    fd = w.proc.stdin.fileno()
+    os.set_blocking(fd, False)
+    off = write_until_stalled(lambda b: os.write(fd, b), data, 30 * size * 1000, "stdin")
+    check("slow client dropped" not in w.log(), "the only client was dropped as slow")
+    for i in range(off // size):
+        try:
+            ws.expect_msg(OP_TEXT, lines[i])
+        except TestFail as e:
+            fail("line %d of %d: %s" % (i, off // size, e))
+
+
+@test
+def t_backpressure_upstream():
+    # Same through an upstream: the origin's send() blocks (TCP pushes back)
+    # instead of wsfwd reading without limit or dropping its only client.
+    up, w, ws, u = upstream_setup("--max-queue", "256K")
+    size, count = 10000, 6000
+    frames = [encode_frame(OP_BIN, b"%08d" % i + b"z" * (size - 12), mask=False)
+              for i in range(count)]
+    flen = len(frames[0])
+    data = memoryview(b"".join(frames))
+    u.sock.setblocking(False)
+    off = write_until_stalled(u.sock.send, data, 40 * flen * 1000, "the upstream socket")
+    u.sock.settimeout(TIMEOUT)
+    check("slow client dropped" not in w.log(), "the only client was dropped as slow")
+    for i in range(off // flen):
+        try:
+            ws.expect_msg(OP_BIN, frames[i][4:])
+        except TestFail as e:
+            fail("message %d of %d: %s" % (i, off // flen, e))
+
+
 @test
 def t_big_message_into_empty_queue():
     # a message is always accepted into an empty queue, even if > --max-queue
