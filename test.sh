@@ -221,30 +221,19 @@ cat_dead() {
 	fi
 }
 
-# proto BIN TAG: tests/proto.py with its logs under $T/TAG/proto.
-proto() {
-	mkdir -p "$T/$2/proto"
-	WSFWD_LOGDIR=$T/$2/proto timeout 170 python3 tests/proto.py "$1" \
-	    >"$T/$2/proto.out" 2>"$T/$2/proto.err"
-	grep -E '^(ok|FAIL) - ' "$T/$2/proto.out" | sed -E "s/^(ok|FAIL) - /\1 - $2 /"
-	add_counts "$T/$2/proto.out" || nok "$2 proto.py" "no summary line (timed out?)"
-	if grep -q '^FAIL' "$T/$2/proto.out"; then
-		echo "# $2 proto.py diagnostics:"
-		sed 's/^/# /' "$T/$2/proto.err" | tail -n 60
-	fi
-}
-
-# tls BIN TAG: tests/tls.py (a TLS origin in Python's ssl, certificates
-# made by openssl) with its logs under $T/TAG/tls.
-tls() {
-	mkdir -p "$T/$2/tls"
-	WSFWD_LOGDIR=$T/$2/tls timeout 170 python3 tests/tls.py "$1" \
-	    >"$T/$2/tls.out" 2>"$T/$2/tls.err"
-	grep -E '^(ok|FAIL) - ' "$T/$2/tls.out" | sed -E "s/^(ok|FAIL) - /\1 - $2 tls: /"
-	add_counts "$T/$2/tls.out" || nok "$2 tls.py" "no summary line (timed out?)"
-	if grep -q '^FAIL' "$T/$2/tls.out"; then
-		echo "# $2 tls.py diagnostics:"
-		sed 's/^/# /' "$T/$2/tls.err" | tail -n 60
+# pysuite NAME BIN TAG: tests/NAME.py against BIN, its wsfwd logs under
+# $T/TAG/NAME.  proto.py: raw-socket clients and a fake origin; tls.py: a
+# TLS origin in Python's ssl with certificates made by openssl.
+pysuite() {
+	local out=$T/$3/$1
+	mkdir -p "$out"
+	WSFWD_LOGDIR=$out timeout 170 python3 "tests/$1.py" "$2" \
+	    >"$out.out" 2>"$out.err"
+	grep -E '^(ok|FAIL) - ' "$out.out" | sed -E "s/^(ok|FAIL) - /\1 - $3 $1: /"
+	add_counts "$out.out" || nok "$3 $1.py" "no summary line (timed out?)"
+	if grep -q '^FAIL' "$out.out"; then
+		echo "# $3 $1.py diagnostics:"
+		sed 's/^/# /' "$out.err" | tail -n 60
 	fi
 }
 
@@ -272,8 +261,8 @@ suite() {
 		trap stop_all EXIT
 		chain "$1" "$2"
 		cat_dead "$1" "$2"
-		proto "$1" "$2"
-		tls "$1" "$2"
+		pysuite proto "$1" "$2"
+		pysuite tls "$1" "$2"
 		sanitizer_logs "$2"
 		echo "$PASS passed, $FAIL failed"
 	) >"$T/$2.out" 2>&1 &
