@@ -435,7 +435,6 @@ static volatile sig_atomic_t quit;
 static void
 logmsg(int level, const char *fmt, ...)
 {
-	char stamp[32];
 	struct timespec ts;
 	struct tm tm;
 	va_list ap;
@@ -443,9 +442,10 @@ logmsg(int level, const char *fmt, ...)
 	if (level > opt.verbosity)
 		return;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", &tm);
-	fprintf(stderr, "%s.%03ld ", stamp, ts.tv_nsec / 1000000);
+	gmtime_r(&ts.tv_sec, &tm);	/* UTC: no time zone files needed */
+	fprintf(stderr, "%04d-%02d-%02d %02d:%02d:%02d.%03ld ",
+	    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+	    tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
@@ -1691,7 +1691,14 @@ tls_profile(struct tls *t)
 	br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
 	br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
 	br_ssl_engine_set_default_aes_gcm(eng);
-	br_ssl_engine_set_default_chapol(eng);
+	/*
+	 * ChaCha20-Poly1305 is listed after AES-GCM, so servers pick it only
+	 * when they lack AES hardware; the portable code is enough for it.
+	 */
+	br_ssl_engine_set_chapol(eng, &br_sslrec_in_chapol_vtable,
+	    &br_sslrec_out_chapol_vtable);
+	br_ssl_engine_set_chacha20(eng, &br_chacha20_ct_run);
+	br_ssl_engine_set_poly1305(eng, &br_poly1305_ctmul_run);
 	br_x509_minimal_init(&t->xc, &br_sha256_vtable, anchors, nanchors);
 	br_x509_minimal_set_rsa(&t->xc, br_ssl_engine_get_rsavrfy(eng));
 	br_x509_minimal_set_ecdsa(&t->xc, br_ssl_engine_get_ec(eng),
