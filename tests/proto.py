@@ -9,7 +9,8 @@ wsfwd connects to (class FakeUpstream), or as the server for `--cat`.  All
 waits are bounded (socket timeouts <= 5 s, log polls with deadlines), every
 process is stopped by PID (SIGTERM, then SIGKILL) when its test ends, and
 wsfwd's stderr goes to a log file in $WSFWD_LOGDIR (or a private temporary
-directory) that is searched for sanitizer reports after each test.
+directory) that is searched for sanitizer reports after each test.  The
+helpers and the runner are in wslib.py, shared with tls.py.
 
 Output: one line per test, "ok - NAME" or "FAIL - NAME: reason", then a last
 line "N passed, M failed".  Diagnostics (log tails) go to stderr.
@@ -17,393 +18,30 @@ line "N passed, M failed".  Diagnostics (log tails) go to stderr.
 
 import base64
 import datetime
-import hashlib
 import os
 import random
 import re
 import resource
 import select
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-TIMEOUT = 5.0           # upper bound of every single socket wait
-HOST = "127.0.0.1"
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wslib  # noqa: E402
+from wslib import (  # noqa: E402
+    HOST, TIMEOUT, OP_CONT, OP_TEXT, OP_BIN, OP_CLOSE, OP_PING, OP_PONG, SOCKS,
+    TestFail, Timeout, Closed, fail, check, eq, short, first_diff,
+    accept_key, new_key, encode_frame, close_payload, HttpHead, build_request, check_101,
+    Peer, WS, free_port, new_log, Wsfwd, test, add)
+
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ")
-
-OP_CONT, OP_TEXT, OP_BIN = 0x0, 0x1, 0x2
-OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
-OP_NAMES = {0: "cont", 1: "text", 2: "binary", 8: "close", 9: "ping", 10: "pong"}
-
-BIN = None              # path of the binary under test (argv[1])
-LOGDIR = None
-CURRENT = "setup"       # name of the running test, used to name log files
-PROCS = []              # Wsfwd objects started by the running test
-SOCKS = []              # sockets opened by the running test
-
-
-class TestFail(Exception):
-    pass
-
-
-class Timeout(TestFail):
-    pass
-
-
-class Closed(TestFail):
-    pass
-
-
-def fail(msg):
-    raise TestFail(msg)
-
-
-def short(v, n=80):
-    r = repr(v)
-    return r if len(r) <= n else r[:n] + "...(%d)" % len(v)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
-
-
-def eq(got, want, what):
-    if got != want:
-        fail("%s: got %s, want %s" % (what, short(got), short(want)))
-
-
-# ---------------------------------------------------------------- codecs
-
-def accept_key(key):
-    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
-
-
-def new_key(nbytes=16):
-    return base64.b64encode(os.urandom(nbytes)).decode()
-
-
-def mask_bytes(data, key):
-    if not data:
-        return b""
-    n = len(data)
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
-
-
-def encode_frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None):
-    """One frame; `length` overrides the encoded length (for bad headers)."""
-    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
-    n = len(payload) if length is None else length
-    mbit = 0x80 if mask else 0
-    if n < 126:
-        hdr = struct.pack("!BB", b0, mbit | n)
-    elif n < 65536:
-        hdr = struct.pack("!BBH", b0, mbit | 126, n)
-    else:
-        hdr = struct.pack("!BBQ", b0, mbit | 127, n)
-    if mask:
-        key = os.urandom(4)
-        return hdr + key + mask_bytes(payload, key)
-    return hdr + payload
-
-
-def close_payload(code, reason=b""):
-    return struct.pack("!H", code) + reason
-
-
-class Frame:
-    def __init__(self, fin, rsv, opcode, masked, payload):
-        self.fin, self.rsv, self.opcode = fin, rsv, opcode
-        self.masked, self.payload = masked, payload
-
-    @property
-    def code(self):
-        if self.opcode == OP_CLOSE and len(self.payload) >= 2:
-            return struct.unpack("!H", self.payload[:2])[0]
-        return None
-
-    def __repr__(self):
-        s = "%s%s" % (OP_NAMES.get(self.opcode, "op%d" % self.opcode),
-                      "" if self.fin else "(FIN=0)")
-        if self.opcode == OP_CLOSE and self.code is not None:
-            return "close %d %s" % (self.code, short(self.payload[2:], 40))
-        return "%s %s" % (s, short(self.payload, 40))
-
-
-class HttpHead:
-    def __init__(self, raw):
-        lines = raw.decode("latin-1").split("\r\n")
-        self.start = lines[0]
-        self.headers = []
-        for ln in lines[1:]:
-            name, _, value = ln.partition(":")
-            self.headers.append((name.strip().lower(), value.strip()))
-        parts = self.start.split(" ", 2)
-        self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-
-    def get(self, name):
-        for n, v in self.headers:
-            if n == name.lower():
-                return v
-        return None
-
-    def tokens(self, name):
-        v = self.get(name) or ""
-        return [t.strip().lower() for t in v.split(",")]
-
-
-def build_request(port, path="/a", method="GET", version="HTTP/1.1",
-                  key=None, headers=None):
-    """A valid upgrade request; `headers` overrides by name, None drops one."""
-    key = key or new_key()
-    hs = [("Host", "%s:%d" % (HOST, port)), ("Upgrade", "websocket"),
-          ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key),
-          ("Sec-WebSocket-Version", "13")]
-    over = {k.lower(): (k, v) for k, v in (headers or {}).items()}
-    out = []
-    for n, v in hs:
-        if n.lower() in over:
-            n, v = over.pop(n.lower())
-        if v is not None:
-            out.append((n, v))
-    out += [(n, v) for n, v in over.values() if v is not None]
-    text = "%s %s %s\r\n" % (method, path, version)
-    text += "".join("%s: %s\r\n" % nv for nv in out) + "\r\n"
-    return text.encode(), key
 
 
 # ---------------------------------------------------------------- peers
-
-class Peer:
-    """A buffered socket that parses WebSocket frames and HTTP heads."""
-    expect_masked = None        # True/False: assert the masking direction
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.buf = bytearray()
-        self.lport = None       # our port, as wsfwd logs it; set once connected
-        sock.settimeout(TIMEOUT)
-        SOCKS.append(sock)
-
-    def fill(self, deadline):
-        """Append one recv() to self.buf; each wait is at most TIMEOUT."""
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Timeout("timed out waiting for data")
-            self.sock.settimeout(min(left, TIMEOUT))
-            try:
-                data = self.sock.recv(262144)
-                break
-            except socket.timeout:
-                continue
-            except ConnectionResetError:
-                raise Closed("connection reset")
-        if not data:
-            raise Closed("connection closed (EOF)")
-        self.buf += data
-
-    def send_raw(self, data):
-        self.sock.sendall(data)
-
-    def send_frame(self, opcode, payload=b"", fin=True, mask=None, rsv=0):
-        if mask is None:
-            mask = not self.expect_masked
-        self.send_raw(encode_frame(opcode, payload, fin, mask, rsv))
-
-    def parse_frame(self):
-        """A complete, checked frame from self.buf, or None if more is needed."""
-        b = self.buf
-        if len(b) < 2:
-            return None
-        b0, b1 = b[0], b[1]
-        n, off = b1 & 127, 2
-        if n == 126:
-            if len(b) < 4:
-                return None
-            n, off = int.from_bytes(b[2:4], "big"), 4
-        elif n == 127:
-            if len(b) < 10:
-                return None
-            n, off = int.from_bytes(b[2:10], "big"), 10
-        check(n < 1 << 31, "frame length %d from wsfwd" % n)
-        masked = bool(b1 & 0x80)
-        key = None
-        if masked:
-            if len(b) < off + 4:
-                return None
-            key, off = bytes(b[off:off + 4]), off + 4
-        if len(b) < off + n:
-            return None
-        payload = bytes(b[off:off + n])
-        del b[:off + n]
-        if masked:
-            payload = mask_bytes(payload, key)
-        f = Frame(bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 15, masked, payload)
-        f.key = key             # the masking key as sent, or None
-        self.check_frame(f)
-        return f
-
-    def recv_frame(self, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while True:
-            f = self.parse_frame()
-            if f is not None:
-                return f
-            self.fill(deadline)
-
-    def check_frame(self, f):
-        if self.expect_masked is not None and f.masked != self.expect_masked:
-            fail("frame %r from wsfwd is %s" % (f, "masked" if f.masked else "not masked"))
-        check(f.rsv == 0, "frame %r from wsfwd has RSV bits %d" % (f, f.rsv))
-        if f.opcode >= 8:
-            check(f.fin and len(f.payload) <= 125, "bad control frame %r from wsfwd" % f)
-
-    def recv_msg(self, timeout=TIMEOUT):
-        """Next data frame (answering pings); fail on close or fragmentation."""
-        deadline = time.monotonic() + timeout
-        while True:
-            f = self.recv_frame(max(0.01, deadline - time.monotonic()))
-            if f.opcode == OP_PING:
-                self.send_frame(OP_PONG, f.payload)
-                continue
-            if f.opcode == OP_PONG:
-                continue
-            check(f.opcode != OP_CLOSE, "got %r while waiting for a message" % f)
-            check(f.opcode in (OP_TEXT, OP_BIN), "got %r, want a data frame" % f)
-            check(f.fin, "wsfwd sent a fragmented message (%r)" % f)
-            return f
-
-    def expect_msg(self, opcode, payload, timeout=TIMEOUT):
-        try:
-            f = self.recv_msg(timeout)
-        except (Timeout, Closed) as e:
-            fail("waiting for %s %s: %s" % (OP_NAMES[opcode], short(payload, 40), e))
-        if (f.opcode, f.payload) != (opcode, payload):
-            fail("got %r, want %s %s" % (f, OP_NAMES[opcode], short(payload, 40)))
-
-    def expect_eof(self, timeout=TIMEOUT):
-        """The peer closes TCP with no further data (a reset counts as closed).
-
-        Then we close too, as a real client does on EOF."""
-        deadline = time.monotonic() + timeout
-        try:
-            while not self.buf:
-                self.fill(deadline)
-        except Closed:
-            self.sock.close()
-            return
-        except Timeout:
-            fail("TCP connection still open %.1f s after the close frame" % timeout)
-        fail("data after close frame: %s" % short(bytes(self.buf)))
-
-    def wait_closed(self, timeout=TIMEOUT):
-        """Discard data until the peer closes TCP; return the seconds it took."""
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        try:
-            while True:
-                self.buf.clear()
-                self.fill(deadline)
-        except Closed:
-            self.sock.close()
-            return time.monotonic() - t0
-        except Timeout:
-            fail("connection not closed within %.1f s" % timeout)
-
-    def expect_close(self, code, timeout=TIMEOUT, reply=False):
-        """Next frame is a close with `code`; then TCP is closed.
-
-        reply=True answers it first, as a client must after a server-initiated
-        close; for protocol errors the server closes TCP without waiting."""
-        try:
-            f = self.recv_frame(timeout)
-        except Closed as e:
-            fail("no close frame (want %d): %s" % (code, e))
-        except Timeout:
-            fail("no close frame (want %d) within %.1f s" % (code, timeout))
-        if f.opcode != OP_CLOSE or f.code != code:
-            fail("got %r, want close %d" % (f, code))
-        if reply:
-            try:
-                self.send_frame(OP_CLOSE, close_payload(code))
-            except OSError:
-                pass
-        self.expect_eof(timeout)
-
-    def read_head(self, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        try:
-            while b"\r\n\r\n" not in self.buf:
-                check(len(self.buf) < 65536, "HTTP response head too long")
-                self.fill(deadline)
-        except (Closed, Timeout) as e:
-            fail("no HTTP response (%s; got %s)" % (e, short(bytes(self.buf))))
-        i = self.buf.index(b"\r\n\r\n")
-        head = HttpHead(bytes(self.buf[:i]))
-        del self.buf[:i + 4]
-        return head
-
-
-class WS(Peer):
-    """A raw WebSocket client of wsfwd."""
-    expect_masked = False
-
-    def __init__(self, port, rcvbuf=None):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().__init__(s)
-        self.port = port
-        s.connect((HOST, port))
-        self.lport = s.getsockname()[1]
-
-    @classmethod
-    def open(cls, port, path="/a", **kw):
-        ws = cls(port, **kw)
-        ws.handshake(path)
-        return ws
-
-    def handshake(self, path="/a", headers=None, extra=b""):
-        req, key = build_request(self.port, path, headers=headers)
-        self.send_raw(req + extra)
-        head = self.read_head()
-        check_101(head, key)
-        return head
-
-    def ping_pong(self, payload=None, timeout=TIMEOUT):
-        """The connection is alive: a ping gets a pong with the same payload."""
-        if payload is None:
-            payload = os.urandom(8)
-        try:
-            self.send_frame(OP_PING, payload)
-        except OSError as e:
-            fail("sending ping: %s" % e)
-        try:
-            f = self.recv_frame(timeout)
-        except (Closed, Timeout) as e:
-            fail("no pong: %s" % e)
-        if f.opcode != OP_PONG or f.payload != payload:
-            fail("got %r, want pong %s" % (f, short(payload, 40)))
-
-
-def check_101(head, key):
-    eq(head.start, "HTTP/1.1 101 Switching Protocols", "status line")
-    eq((head.get("upgrade") or "").lower(), "websocket", "Upgrade header")
-    check("upgrade" in head.tokens("connection"),
-          "Connection header %r lacks upgrade" % head.get("connection"))
-    eq(head.get("sec-websocket-accept"), accept_key(key), "Sec-WebSocket-Accept")
-
 
 class FakeUpstream:
     """A listening origin server that wsfwd (or --cat) connects to."""
@@ -435,6 +73,7 @@ class FakeUpstream:
 class UpConn(Peer):
     """wsfwd's upstream connection, seen from the origin server's side."""
     expect_masked = True
+    who = "wsfwd (as client)"
 
     def __init__(self, sock, port):
         super().__init__(sock)
@@ -475,99 +114,10 @@ class UpConn(Peer):
 
 # ---------------------------------------------------------------- processes
 
-def log_path(role):
-    """A fresh stderr log file name for the running test."""
-    n = sum(1 for f in os.listdir(LOGDIR) if f.startswith(CURRENT + "."))
-    return os.path.join(LOGDIR, "%s.%d.%s.log" % (CURRENT, n, role))
-
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Wsfwd:
-    """One wsfwd process with stderr in a log file under LOGDIR."""
-
-    def __init__(self, args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                 role="server", preexec_fn=None):
-        self.role = role
-        self.log_path = log_path(role)
-        self.args = args
-        self.killed = False
-        with open(self.log_path, "wb") as logf:
-            self.proc = subprocess.Popen([BIN] + args, stdin=stdin, stdout=stdout,
-                                         stderr=logf, preexec_fn=preexec_fn)
-        PROCS.append(self)
-
-    def log(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def wait_log(self, substr, timeout=TIMEOUT, count=1):
-        deadline = time.monotonic() + timeout
-        while True:
-            exited = self.proc.poll() is not None
-            text = self.log()
-            if text.count(substr) >= count:
-                return text
-            if exited:
-                fail("%s exited %s before logging %r" % (self.role, self.proc.returncode, substr))
-            if time.monotonic() > deadline:
-                fail("%s did not log %r%s within %.1f s" % (
-                    self.role, substr, "" if count == 1 else " x%d" % count, timeout))
-            time.sleep(0.02)
-
-    def wait_client(self, ws, path):
-        self.wait_log("%s:%d connected to %s" % (HOST, ws.lport, path))
-
-    def feed(self, data):
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def wait_exit(self, timeout):
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            fail("%s still running %.1f s later" % (self.role, timeout))
-
-    def stop(self):
-        """Terminate by PID; return a problem string or None."""
-        if self.proc.stdin:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self.proc.kill()
-                self.proc.wait()
-                return "%s ignored SIGTERM for 3 s (killed)" % self.role
-        rc = self.proc.returncode
-        crash = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL)
-        if rc < 0 and -rc in crash:
-            return "%s died of signal %d" % (self.role, -rc)
-        return None
-
-
 def start_server(*args, stdin=True, preexec_fn=None):
     """wsfwd -l 127.0.0.1:PORT ARGS..., once it logs that it listens."""
-    port = free_port()
-    w = Wsfwd(["-l", "%s:%d" % (HOST, port)] + list(args),
-              stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, preexec_fn=preexec_fn)
-    w.port = port
-    w.wait_log("listening on %s:%d" % (HOST, port))
-    return w
+    return Wsfwd.listen(args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                        preexec_fn=preexec_fn)
 
 
 def client(w, path="/a", **kw):
@@ -588,8 +138,8 @@ def assert_still_serving(w, path="/a"):
 
 def run_cmd(args, timeout=TIMEOUT, stdin=subprocess.DEVNULL):
     """Run BIN ARGS to completion (bounded); return (rc, stdout, stderr)."""
-    path = log_path("cmd")
-    p = subprocess.Popen([BIN] + args, stdin=stdin, stdout=subprocess.PIPE,
+    path = new_log("cmd") + ".log"
+    p = subprocess.Popen([wslib.BIN] + args, stdin=stdin, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     try:
         out, err = p.communicate(timeout=timeout)
@@ -604,21 +154,6 @@ def run_cmd(args, timeout=TIMEOUT, stdin=subprocess.DEVNULL):
     with open(path, "wb") as f:
         f.write(err)
     return p.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-
-
-# ---------------------------------------------------------------- registry
-
-TESTS = {}
-
-
-def test(fn):
-    TESTS[fn.__name__[len("t_"):]] = fn
-    return fn
-
-
-def add(name, fn, *args, **kw):
-    assert name not in TESTS, name
-    TESTS[name] = lambda: fn(*args, **kw)
 
 
 # ---------------------------------------------------------------- handshake
@@ -960,7 +495,7 @@ def t_fo_many_clients_cat_and_raw():
     url = "ws://%s:%d/a" % (HOST, w.port)
     outs, cats = [], []
     for i in range(3):
-        path = os.path.join(LOGDIR, "%s.cat%d.out" % (CURRENT, i))
+        path = os.path.join(wslib.LOGDIR, "%s.cat%d.out" % (wslib.CURRENT, i))
         with open(path, "wb") as f:
             cats.append(Wsfwd(["--cat", url], stdout=f, role="cat%d" % i))
         outs.append(path)
@@ -983,10 +518,8 @@ def t_fo_many_clients_cat_and_raw():
         with open(path, "rb") as f:
             got = f.read()
         if got != want:
-            i = next((k for k in range(min(len(got), len(want))) if got[k] != want[k]),
-                     min(len(got), len(want)))
             fail("%s: %d bytes, want %d; first difference at byte %d" % (
-                os.path.basename(path), len(got), len(want), i))
+                os.path.basename(path), len(got), len(want), first_diff(got, want)))
     w.proc.stdin.close()        # EOF: close 1000 to everyone, then exit 0
     for ws in raws:
         ws.expect_close(1000, reply=True)
@@ -1833,7 +1366,7 @@ def t_cli_cat_dead_port():
 def cat_session(ending, want_rc):
     """--cat against a fake server: request, masked frames, output, exit."""
     up = FakeUpstream()
-    out_path = os.path.join(LOGDIR, "%s.cat.out" % CURRENT)
+    out_path = os.path.join(wslib.LOGDIR, "%s.cat.out" % wslib.CURRENT)
     with open(out_path, "wb") as f:
         cat = Wsfwd(["--cat", up.url("/feed?x=1")], stdout=f, role="cat")
     u = up.accept_ws("/feed?x=1")
@@ -1864,99 +1397,5 @@ add("cli_cat_reset", cat_session, "rst", 1)
 
 # ---------------------------------------------------------------- runner
 
-def cleanup():
-    problems = []
-    for s in SOCKS:
-        try:
-            s.close()
-        except OSError:
-            pass
-    SOCKS.clear()
-    for p in PROCS:
-        msg = p.stop()
-        if msg:
-            problems.append(msg)
-    return problems
-
-
-def sanitizer_report(paths):
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-        for mark in SANITIZER_MARKS:
-            if mark in text:
-                return "sanitizer report in %s" % os.path.basename(path)
-    return None
-
-
-def log_paths():
-    return sorted(os.path.join(LOGDIR, n) for n in os.listdir(LOGDIR)
-                  if n.startswith(CURRENT + ".") and n.endswith(".log"))
-
-
-def run_one(name):
-    global CURRENT
-    CURRENT = name
-    PROCS.clear()
-    err = None
-    try:
-        TESTS[name]()
-    except TestFail as e:
-        err = str(e)
-    except Exception as e:      # a bug in this file, or an unexpected socket error
-        err = "%s: %s" % (type(e).__name__, e)
-        traceback.print_exc(file=sys.stderr)
-    finally:
-        problems = cleanup()
-    err = err or (problems[0] if problems else None) or sanitizer_report(log_paths())
-    if err is None:
-        print("ok - %s" % name, flush=True)
-        return True
-    print("FAIL - %s: %s" % (name, err), flush=True)
-    for path in log_paths():
-        with open(path, "rb") as f:
-            tail = f.read().decode("utf-8", "replace").splitlines()[-12:]
-        sys.stderr.write("# %s:\n" % os.path.basename(path))
-        sys.stderr.writelines("#   %s\n" % ln for ln in tail)
-    sys.stderr.flush()
-    return False
-
-
-def main(argv):
-    global BIN, LOGDIR
-    if len(argv) < 2:
-        sys.stderr.write("usage: %s ./wsfwd [TEST...]\n" % argv[0])
-        return 2
-    BIN = os.path.abspath(argv[1])
-    names = argv[2:] or list(TESTS)
-    unknown = [n for n in names if n not in TESTS]
-    if unknown:
-        sys.stderr.write("unknown tests: %s\n" % " ".join(unknown))
-        return 2
-    own_dir = "WSFWD_LOGDIR" not in os.environ
-    LOGDIR = tempfile.mkdtemp(prefix="wsfwd-proto.") if own_dir else os.environ["WSFWD_LOGDIR"]
-    os.makedirs(LOGDIR, exist_ok=True)
-    passed = failed = 0
-    try:
-        if not os.access(BIN, os.X_OK):
-            print("FAIL - setup: %s is not an executable" % argv[1])
-            failed = 1
-        else:
-            for name in names:
-                if run_one(name):
-                    passed += 1
-                else:
-                    failed += 1
-    finally:
-        cleanup()
-        if own_dir:
-            shutil.rmtree(LOGDIR, ignore_errors=True)
-    print("%d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(wslib.main(sys.argv, "./wsfwd [TEST...]", "wsfwd-proto."))

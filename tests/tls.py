@@ -15,7 +15,8 @@ Only 127.0.0.1 is used; every wait is bounded (socket timeouts <= 5 s, log
 polls with deadlines, one alarm per test); every process is stopped by PID
 (SIGTERM, then SIGKILL after 2 s) when its test ends; each wsfwd's stderr
 goes to a log file (in $WSFWD_LOGDIR if set, else in the temporary directory,
-which is removed at the end) that is searched for sanitizer reports.
+which is removed at the end) that is searched for sanitizer reports.  The
+helpers and the runner are in wslib.py, shared with proto.py.
 
 Output: "ok - NAME" or "FAIL - NAME: reason" per test, then as the last line
 "N passed, M failed"; exit status 1 if any test failed.  Diagnostics (log
@@ -23,302 +24,40 @@ tails) go to stderr.
 """
 
 import base64
-import hashlib
 import os
 import shutil
-import signal
 import socket
 import ssl
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-HOST = "127.0.0.1"
-TIMEOUT = 5.0           # upper bound of every single socket wait
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wslib  # noqa: E402
+from wslib import (  # noqa: E402
+    HOST, TIMEOUT, OP_TEXT, OP_BIN, OP_CLOSE, CLEANUP,
+    Timeout, Closed, fail, check, eq, short, first_diff,
+    accept_key, encode_frame, HttpHead, Peer, WS, free_port, test)
+
 TEST_ALARM = 25         # seconds any one test may take, all waits included
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
 
-OP_CONT, OP_TEXT, OP_BIN = 0x0, 0x1, 0x2
-OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
-OP_NAMES = {0: "cont", 1: "text", 2: "binary", 8: "close", 9: "ping", 10: "pong"}
-
-BIN = None              # the binary under test (argv[1])
-TMP = None              # temporary directory: certificates, logs
-LOGDIR = None
 CERT = {}               # name -> (certificate file, key file)
 CA = None               # the CA certificate (PEM) for --ca
-CURRENT = "setup"       # slug of the running test, names log files
-PROCS = []              # Wsfwd objects of the running test
-CLEANUP = []            # callables run when the running test ends
-
-
-class TestFail(Exception):
-    pass
-
-
-class Timeout(TestFail):
-    pass
-
-
-class Closed(TestFail):
-    pass
-
-
-def fail(msg):
-    raise TestFail(msg)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
-
-
-def short(v, n=80):
-    r = repr(v)
-    return r if len(r) <= n else r[:n] + "...(%d)" % len(v)
-
-
-def eq(got, want, what):
-    if got != want:
-        fail("%s: got %s, want %s" % (what, short(got), short(want)))
-
-
-def first_diff(a, b):
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return min(len(a), len(b))
-
-
-# ---------------------------------------------------------------- codecs
-
-def accept_key(key):
-    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
-
-
-def mask_bytes(data, key):
-    if not data:
-        return b""
-    n = len(data)
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
-
-
-def encode_frame(opcode, payload=b"", mask=True, fin=True):
-    b0 = (0x80 if fin else 0) | opcode
-    n = len(payload)
-    mbit = 0x80 if mask else 0
-    if n < 126:
-        hdr = struct.pack("!BB", b0, mbit | n)
-    elif n < 65536:
-        hdr = struct.pack("!BBH", b0, mbit | 126, n)
-    else:
-        hdr = struct.pack("!BBQ", b0, mbit | 127, n)
-    if mask:
-        key = os.urandom(4)
-        return hdr + key + mask_bytes(payload, key)
-    return hdr + payload
-
-
-class Frame:
-    def __init__(self, fin, rsv, opcode, masked, payload):
-        self.fin, self.rsv, self.opcode = fin, rsv, opcode
-        self.masked, self.payload = masked, payload
-
-    @property
-    def code(self):
-        if self.opcode == OP_CLOSE and len(self.payload) >= 2:
-            return struct.unpack("!H", self.payload[:2])[0]
-        return None
-
-    def __repr__(self):
-        if self.opcode == OP_CLOSE and self.code is not None:
-            return "close %d %s" % (self.code, short(self.payload[2:], 40))
-        return "%s%s %s" % (OP_NAMES.get(self.opcode, "op%d" % self.opcode),
-                            "" if self.fin else "(FIN=0)", short(self.payload, 40))
-
-
-def parse_head(raw):
-    """(start line, [(lower-case name, value)]) of an HTTP head."""
-    lines = raw.decode("latin-1").split("\r\n")
-    headers = []
-    for ln in lines[1:]:
-        name, _, value = ln.partition(":")
-        headers.append((name.strip().lower(), value.strip()))
-    return lines[0], headers
-
-
-def header(headers, name):
-    vals = [v for n, v in headers if n == name]
-    return vals[0] if len(vals) == 1 else None
-
-
-# ---------------------------------------------------------------- peers
-
-class Peer:
-    """A socket (plain or TLS) that reads WebSocket frames and HTTP heads."""
-
-    def __init__(self, sock, expect_masked, buf=b"", who="wsfwd"):
-        self.sock = sock
-        self.expect_masked = expect_masked
-        self.buf = bytearray(buf)
-        self.who = who
-        self.wlock = threading.Lock()
-
-    def fill(self, deadline):
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Timeout("timed out waiting for data from %s" % self.who)
-            self.sock.settimeout(min(left, TIMEOUT))
-            try:
-                data = self.sock.recv(262144)
-                break
-            except socket.timeout:
-                continue
-            except OSError as e:
-                raise Closed("connection broken: %s" % e)
-        if not data:
-            raise Closed("connection closed (EOF)")
-        self.buf += data
-
-    def send_raw(self, data):
-        with self.wlock:
-            self.sock.settimeout(10.0)
-            self.sock.sendall(data)
-
-    def send_frame(self, opcode, payload=b""):
-        self.send_raw(encode_frame(opcode, payload, mask=not self.expect_masked))
-
-    def parse_frame(self):
-        b = self.buf
-        if len(b) < 2:
-            return None
-        b0, b1 = b[0], b[1]
-        n, off = b1 & 127, 2
-        if n == 126:
-            if len(b) < 4:
-                return None
-            n, off = int.from_bytes(b[2:4], "big"), 4
-        elif n == 127:
-            if len(b) < 10:
-                return None
-            n, off = int.from_bytes(b[2:10], "big"), 10
-        check(n < 1 << 31, "frame length %d from %s" % (n, self.who))
-        masked = bool(b1 & 0x80)
-        key = None
-        if masked:
-            if len(b) < off + 4:
-                return None
-            key, off = bytes(b[off:off + 4]), off + 4
-        if len(b) < off + n:
-            return None
-        payload = bytes(b[off:off + n])
-        del b[:off + n]
-        if masked:
-            payload = mask_bytes(payload, key)
-        f = Frame(bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 15, masked, payload)
-        if f.masked != self.expect_masked:
-            fail("frame %r from %s is %s" % (f, self.who, "masked" if f.masked else "not masked"))
-        check(f.rsv == 0, "frame %r from %s has RSV bits %d" % (f, self.who, f.rsv))
-        return f
-
-    def recv_frame(self, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while True:
-            f = self.parse_frame()
-            if f is not None:
-                return f
-            self.fill(deadline)
-
-    def recv_msg(self, timeout=TIMEOUT):
-        """Next data message (pings answered); fail on close or fragments."""
-        deadline = time.monotonic() + timeout
-        while True:
-            f = self.recv_frame(max(0.01, deadline - time.monotonic()))
-            if f.opcode == OP_PING:
-                self.send_frame(OP_PONG, f.payload)
-                continue
-            if f.opcode == OP_PONG:
-                continue
-            check(f.opcode != OP_CLOSE, "got %r from %s while waiting for a message"
-                  % (f, self.who))
-            check(f.opcode in (OP_TEXT, OP_BIN), "got %r, want a data frame" % f)
-            check(f.fin, "fragmented message %r from %s" % (f, self.who))
-            return f
-
-    def expect_msg(self, opcode, payload, timeout=TIMEOUT):
-        try:
-            f = self.recv_msg(timeout)
-        except (Timeout, Closed) as e:
-            fail("waiting for %s %s: %s" % (OP_NAMES[opcode], short(payload, 40), e))
-        if (f.opcode, f.payload) != (opcode, payload):
-            fail("got %r, want %s %s" % (f, OP_NAMES[opcode], short(payload, 40)))
-        return f
-
-    def read_head(self, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while b"\r\n\r\n" not in self.buf:
-            check(len(self.buf) < 16384, "HTTP head from %s too long" % self.who)
-            self.fill(deadline)
-        i = self.buf.index(b"\r\n\r\n")
-        raw = bytes(self.buf[:i])
-        del self.buf[:i + 4]
-        return raw
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
-class WS(Peer):
-    """A raw WebSocket client of wsfwd (frames it sends are masked)."""
-
-    def __init__(self, port, path="/a"):
-        s = socket.create_connection((HOST, port), timeout=TIMEOUT)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().__init__(s, expect_masked=False, who="wsfwd (as server)")
-        CLEANUP.append(self.close)
-        self.lport = s.getsockname()[1]
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.send_raw(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
-                       "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                       "Sec-WebSocket-Version: 13\r\n\r\n" % (path, HOST, port, key)).encode())
-        try:
-            start, headers = parse_head(self.read_head())
-        except (Timeout, Closed) as e:
-            fail("client of %s: no upgrade response: %s" % (path, e))
-        eq(start, "HTTP/1.1 101 Switching Protocols", "wsfwd's answer to the client")
-        eq(header(headers, "sec-websocket-accept"), accept_key(key), "Sec-WebSocket-Accept")
-
-    def ping_pong(self, timeout=TIMEOUT):
-        """Still open: a ping gets a pong with the same payload, nothing before it."""
-        payload = os.urandom(8)
-        try:
-            self.send_frame(OP_PING, payload)
-            f = self.recv_frame(timeout)
-        except OSError as e:
-            fail("client: sending ping: %s" % e)
-        except (Timeout, Closed) as e:
-            fail("client: no pong: %s" % e)
-        if f.opcode != OP_PONG or f.payload != payload:
-            fail("client: got %r, want pong %s" % (f, short(payload, 40)))
 
 
 # ---------------------------------------------------------------- origins
 
 class OriginConn(Peer):
     """One upgraded connection of wsfwd to the TLS origin, server side."""
+    expect_masked = True
+    who = "wsfwd (as client)"
+    send_timeout = 10.0
+    broken_errors = OSError     # TLS errors too
 
     def __init__(self, sock, sni, request, rest):
-        super().__init__(sock, expect_masked=True, buf=rest, who="wsfwd (as client)")
+        super().__init__(sock, rest)
         self.sni = sni
         self.request = request
 
@@ -415,21 +154,20 @@ class TlsOrigin:
             s.close()
             return
         head, _, rest = buf.partition(b"\r\n\r\n")
-        start, headers = parse_head(head)
+        h = HttpHead(head)
         problems = []
-        if start != "GET %s HTTP/1.1" % self.path:
-            problems.append("request line %r, want %r" % (start, "GET %s HTTP/1.1" % self.path))
-        if header(headers, "host") != self.host_header:
-            problems.append("Host %r, want %r" % ([v for n, v in headers if n == "host"],
+        if h.start != "GET %s HTTP/1.1" % self.path:
+            problems.append("request line %r, want %r" % (h.start, "GET %s HTTP/1.1" % self.path))
+        if h.get("host") != self.host_header:
+            problems.append("Host %r, want %r" % ([v for n, v in h.headers if n == "host"],
                                                   self.host_header))
-        if (header(headers, "upgrade") or "").lower() != "websocket":
-            problems.append("Upgrade %r" % header(headers, "upgrade"))
-        if "upgrade" not in [t.strip().lower() for t in
-                             (header(headers, "connection") or "").split(",")]:
-            problems.append("Connection %r" % header(headers, "connection"))
-        if header(headers, "sec-websocket-version") != "13":
-            problems.append("Sec-WebSocket-Version %r" % header(headers, "sec-websocket-version"))
-        key = header(headers, "sec-websocket-key") or ""
+        if (h.get("upgrade") or "").lower() != "websocket":
+            problems.append("Upgrade %r" % h.get("upgrade"))
+        if "upgrade" not in h.tokens("connection"):
+            problems.append("Connection %r" % h.get("connection"))
+        if h.get("sec-websocket-version") != "13":
+            problems.append("Sec-WebSocket-Version %r" % h.get("sec-websocket-version"))
+        key = h.get("sec-websocket-key") or ""
         try:
             if len(base64.b64decode(key, validate=True)) != 16:
                 problems.append("Sec-WebSocket-Key %r is not 16 bytes" % key)
@@ -536,88 +274,21 @@ class SilentServer:
 
 # ---------------------------------------------------------------- processes
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+class Wsfwd(wslib.Wsfwd):
+    """One wsfwd process; stderr to a log file, stdout to a file (out()).
 
-
-class Wsfwd:
-    """One wsfwd process; stderr to a log file, stdout to a file."""
+    SIGTERM must give exit 0 unless term_exit_zero=False; SIGKILL follows
+    after 2 s."""
+    TERM_WAIT = 2.0
 
     def __init__(self, args, role="wsfwd", term_exit_zero=True):
-        self.role = role
-        base = os.path.join(LOGDIR, "%s.%d.%s" % (CURRENT, len(PROCS), role))
-        self.log_path = base + ".log"
-        self.out_path = base + ".out"
-        self.args = args
-        self.term_exit_zero = term_exit_zero    # SIGTERM must give exit 0
-        env = dict(os.environ)
-        env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
-        env.setdefault("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1")
-        with open(self.log_path, "wb") as logf, open(self.out_path, "wb") as outf:
-            self.proc = subprocess.Popen([BIN] + args, stdin=subprocess.DEVNULL,
-                                         stdout=outf, stderr=logf, env=env)
-        PROCS.append(self)
-
-    def log(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def out(self):
-        with open(self.out_path, "rb") as f:
-            return f.read()
-
-    def wait_log(self, substr, count=1, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while True:
-            exited = self.proc.poll() is not None
-            text = self.log()
-            if text.count(substr) >= count:
-                return text
-            if exited:
-                fail("%s exited %s before logging %r%s" % (
-                    self.role, self.proc.returncode, substr,
-                    "" if count == 1 else " x%d" % count))
-            if time.monotonic() > deadline:
-                fail("%s did not log %r%s within %.1f s (has it %d times)" % (
-                    self.role, substr, "" if count == 1 else " x%d" % count,
-                    timeout, text.count(substr)))
-            time.sleep(0.02)
-
-    def wait_client(self, ws, path="/a"):
-        self.wait_log("%s:%d connected to %s, " % (HOST, ws.lport, path))
-
-    def wait_exit(self, timeout=TIMEOUT):
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self):
-        """SIGTERM, SIGKILL after 2 s; returns a complaint or None."""
-        if self.proc.poll() is not None:
-            return None
-        self.proc.terminate()
-        try:
-            rc = self.proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(2.0)
-            return "%s did not exit within 2 s of SIGTERM" % self.role
-        if self.term_exit_zero and rc != 0:
-            return "%s exited %d after SIGTERM (want 0)" % (self.role, rc)
-        return None
+        super().__init__(args, role, out_file=True, term_exit_zero=term_exit_zero)
 
 
 def route(routes, *opts, role="wsfwd"):
     """wsfwd listening on a free port with ROUTES; returns (proc, port)."""
-    port = free_port()
-    w = Wsfwd(["-l", "%s:%d" % (HOST, port)] + list(opts) + list(routes), role)
-    w.wait_log("listening on %s:%d" % (HOST, port))
-    return w, port
+    w = Wsfwd.listen(list(opts) + list(routes), role=role)
+    return w, w.port
 
 
 def cat(url, *opts, role="cat"):
@@ -628,7 +299,7 @@ def cat(url, *opts, role="cat"):
 
 def openssl(*args):
     try:
-        r = subprocess.run(["openssl"] + list(args), cwd=TMP, stdin=subprocess.DEVNULL,
+        r = subprocess.run(["openssl"] + list(args), cwd=wslib.TMP, stdin=subprocess.DEVNULL,
                            capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
         fail("openssl %s: %s" % (args[0], e))
@@ -646,7 +317,7 @@ def openssl_ok(*args):
 def make_certs():
     """CA and leaves in TMP; fills CERT and CA. Returns how the expired leaf was made."""
     global CA
-    p = lambda name: os.path.join(TMP, name)
+    p = lambda name: os.path.join(wslib.TMP, name)
     openssl_ok("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p("ca.key"),
                "-out", p("ca.pem"), "-days", "7", "-subj", "/CN=wsfwd-test-ca")
     CA = p("ca.pem")
@@ -726,16 +397,6 @@ def make_certs():
 
 # ---------------------------------------------------------------- the tests
 
-TESTS = []
-
-
-def test(name):
-    def reg(fn):
-        TESTS.append((name, fn))
-        return fn
-    return reg
-
-
 def lost(path, reason):
     return "upstream %s: lost: %s; retry in " % (path, reason)
 
@@ -747,7 +408,7 @@ def t_trusted_rsa():
     w.wait_log("upstream /a: connected to %s (" % o.url())
     up = o.wait_conn(0)
     eq(up.sni, "localhost", "SNI sent by wsfwd")
-    clients = [WS(port, "/a"), WS(port, "/a")]
+    clients = [WS.open(port, "/a"), WS.open(port, "/a")]
     for c in clients:
         w.wait_client(c)
     lines = [("line %d %s" % (i, "é€😀" * (i % 4))).encode() for i in range(200)]
@@ -800,7 +461,7 @@ def t_ecdsa():
     cipher = up.sock.cipher()
     check("ECDSA" in cipher[0], "negotiated suite %r is not ECDSA" % (cipher,))
     eq(up.sock.version(), "TLSv1.2", "TLS version")
-    c = WS(port, "/a")
+    c = WS.open(port, "/a")
     w.wait_client(c)
     up.send(OP_TEXT, b"ecdsa ok")
     up.send(OP_BIN, bytes(range(256)) * 300)
@@ -813,7 +474,7 @@ def t_ecdsa():
 def t_unknown_issuer():
     o = TlsOrigin("rsa")
     w, port = route(["/a=" + o.url()])
-    c = WS(port, "/a")
+    c = WS.open(port, "/a")
     w.wait_client(c)
     why = lost("/a", "certificate not trusted: unknown issuer (see --ca)")
     w.wait_log(why, 1, TIMEOUT)
@@ -851,7 +512,7 @@ def t_insecure():
     w.wait_log("upstream /a: connected to %s (" % o.url())
     up = o.wait_conn(0)
     eq(up.sni, "localhost", "SNI with -k and a host name")
-    c = WS(port, "/a")
+    c = WS.open(port, "/a")
     w.wait_client(c)
     up.send(OP_TEXT, b"unverified but flowing")
     c.expect_msg(OP_TEXT, b"unverified but flowing")
@@ -881,7 +542,7 @@ def t_ip_literal():
     w.wait_log("upstream /a: connected to %s (" % url)
     up = o.wait_conn(0)
     eq(up.sni, None, "SNI for an IP literal")
-    c = WS(port, "/a")
+    c = WS.open(port, "/a")
     w.wait_client(c)
     up.send(OP_TEXT, b"by address")
     c.expect_msg(OP_TEXT, b"by address")
@@ -894,7 +555,7 @@ def t_killed_midstream():
     w, port = route(["/a=" + o.url()], "--ca", CA)
     w.wait_log("upstream /a: connected to %s (" % o.url())
     up = o.wait_conn(0)
-    c = WS(port, "/a")
+    c = WS.open(port, "/a")
     w.wait_client(c)
     up.send(OP_TEXT, b"before")
     c.expect_msg(OP_TEXT, b"before")
@@ -928,7 +589,7 @@ def t_close_notify_after_message():
     w, port = route(["/a=" + o.url()], "--ca", CA)
     w.wait_log("upstream /a: connected to %s (" % o.url())
     up = o.wait_conn(0)
-    c = WS(port, "/a")
+    c = WS.open(port, "/a")
     w.wait_client(c)
     # The last message and the TLS close leave back to back, as from a
     # server that ends its feed with a clean TLS shutdown and no close frame.
@@ -966,7 +627,7 @@ def t_stalled_handshake():
                     "--ca", CA)
     w.wait_log("upstream /b: connected to %s (" % good.url())
     up = good.wait_conn(0)
-    c = WS(port, "/b")
+    c = WS.open(port, "/b")
     w.wait_client(c, "/b")
     why = lost("/a", "TLS handshake timed out")
     ticks, worst, seen = 0, 0.0, None
@@ -1016,11 +677,11 @@ def t_cat_close():
 @test("--ca file with no certificate: exit 2 naming --ca; missing file names the path")
 def t_bad_ca_file():
     url = "wss://localhost:%d/feed" % free_port()
-    key_only = os.path.join(TMP, "key-only.pem")
+    key_only = os.path.join(wslib.TMP, "key-only.pem")
     shutil.copyfile(CERT["rsa"][1], key_only)
     cases = [("empty", b""), ("hello", b"hello"), ("key-only", None)]
     for name, content in cases:
-        path = os.path.join(TMP, "ca-%s.pem" % name) if content is not None else key_only
+        path = os.path.join(wslib.TMP, "ca-%s.pem" % name) if content is not None else key_only
         if content is not None:
             with open(path, "wb") as f:
                 f.write(content)
@@ -1032,7 +693,7 @@ def t_bad_ca_file():
         check("--ca" in err, "stderr for a %s --ca file does not mention --ca: %r"
               % (name, err))
         eq(len(err.strip().splitlines()), 1, "lines on stderr (%s --ca file)" % name)
-    missing = os.path.join(TMP, "no-such-dir", "ca.pem")
+    missing = os.path.join(wslib.TMP, "no-such-dir", "ca.pem")
     w = Wsfwd(["-l", "%s:%d" % (HOST, free_port()), "/a=" + url, "--ca", missing],
               "ca-missing")
     rc = w.wait_exit(5)
@@ -1051,111 +712,12 @@ def slug(name):
     return "-".join(p for p in s.split("-") if p)[:40]
 
 
-def on_alarm(signum, frame):
-    raise TestFail("test still running after %d s" % TEST_ALARM)
-
-
-def finish_test():
-    """Stop this test's processes and peers; complaints about them."""
-    problems = []
-    for p in PROCS:
-        why = p.stop()
-        if why:
-            problems.append(why)
-    for fn in reversed(CLEANUP):
-        try:
-            fn()
-        except Exception as e:      # cleanup must go on
-            sys.stderr.write("# cleanup: %s\n" % e)
-    for p in PROCS:
-        text = p.log()
-        for mark in SANITIZER_MARKS:
-            if mark in text:
-                problems.append("sanitizer report %r in %s's log %s"
-                                % (mark, p.role, os.path.basename(p.log_path)))
-                break
-    return problems
-
-
-def run(name, fn):
-    global CURRENT
-    CURRENT = slug(name)
-    del PROCS[:]
-    del CLEANUP[:]
-    err = None
-    t0 = time.monotonic()
-    signal.alarm(TEST_ALARM)
-    try:
-        fn()
-    except TestFail as e:
-        err = str(e)
-    except Exception as e:
-        err = "%s: %s" % (type(e).__name__, e)
-        traceback.print_exc(file=sys.stderr)
-    finally:
-        signal.alarm(0)
-    problems = finish_test()
-    if err is None and problems:
-        err = "; ".join(problems)
-    elif problems:
-        err += " (also: %s)" % "; ".join(problems)
-    if err is None:
-        print("ok - %s" % name, flush=True)
-        return True
-    print("FAIL - %s: %s" % (name, err), flush=True)
-    sys.stderr.write("# %s (%.1f s)\n" % (name, time.monotonic() - t0))
-    for p in PROCS:
-        sys.stderr.write("# --- %s %s, exit %s, log tail:\n" % (
-            p.role, " ".join(p.args), p.proc.returncode))
-        for ln in p.log().splitlines()[-15:]:
-            sys.stderr.write("#   %s\n" % ln)
-    return False
-
-
-def main():
-    global BIN, TMP, LOGDIR
-    if len(sys.argv) < 2:
-        sys.stderr.write("usage: %s WSFWD-BINARY [TEST-SUBSTRING...]\n" % sys.argv[0])
-        return 2
-    BIN = os.path.abspath(sys.argv[1])
-    only = sys.argv[2:]
-    signal.signal(signal.SIGALRM, on_alarm)
-    TMP = tempfile.mkdtemp(prefix="wsfwd-tls.")
-    LOGDIR = os.environ.get("WSFWD_LOGDIR") or TMP
-    passed = failed = 0
-    t_start = time.monotonic()
-    try:
-        name = "certificates: CA, RSA, ECDSA P-256, other.example and expired leaves"
-        try:
-            signal.alarm(60)
-            how = make_certs()
-            print("ok - %s" % name, flush=True)
-            sys.stderr.write("# expired leaf made with %s\n" % how)
-            passed += 1
-        except TestFail as e:
-            print("FAIL - %s: %s" % (name, e), flush=True)
-            failed += 1
-        finally:
-            signal.alarm(0)
-        if failed == 0:
-            if not os.access(BIN, os.X_OK):
-                print("FAIL - binary: %s is not an executable" % BIN)
-                failed += 1
-            else:
-                for tname, fn in TESTS:
-                    if only and not any(s in tname for s in only):
-                        continue
-                    if run(tname, fn):
-                        passed += 1
-                    else:
-                        failed += 1
-    finally:
-        signal.alarm(0)
-        shutil.rmtree(TMP, ignore_errors=True)
-    sys.stderr.write("# tls.py: %.1f s\n" % (time.monotonic() - t_start))
-    print("%d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed else 0
-
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # wsfwd is stopped with its clients and TLS upstreams still connected
+    # (close_first=False); the certificates come first, as a test of their own.
+    sys.exit(wslib.main(
+        sys.argv, "WSFWD-BINARY [TEST-SUBSTRING...]", "wsfwd-tls.", substring=True,
+        alarm=TEST_ALARM, log_name=slug, close_first=False,
+        setup=("certificates: CA, RSA, ECDSA P-256, other.example and expired leaves",
+               lambda: "expired leaf made with %s" % make_certs(), 60)))
