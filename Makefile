@@ -77,6 +77,10 @@ wsfwd-static: wsfwd.c
 check: all
 	./test.sh
 
+# wsfwd against the Node.js forwarder it replaces: minutes, not part of check.
+bench: wsfwd
+	./bench/run.sh
+
 install: wsfwd
 	mkdir -p $(DESTDIR)$(PREFIX)/bin
 	cp -f wsfwd $(DESTDIR)$(PREFIX)/bin/wsfwd
@@ -88,4 +92,4 @@ uninstall:
 clean:
 	rm -f wsfwd wsfwd-asan wsfwd-test wsfwd-static
 
-.PHONY: all asan unit static check install uninstall clean
+.PHONY: all asan unit static check bench install uninstall clean

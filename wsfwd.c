@@ -74,6 +74,9 @@
 #define BATCH_CAP		65536	/* a turn's small messages share a buffer */
 #define BATCH_SMALL		16384	/* larger ones travel in their own */
 #define REUSE_MAX		65536	/* keep a reassembly buffer this small */
+#define PACE_DIV		8	/* behind: --max-queue / PACE_DIV unsent; also
+					   a source's reads per turn and a client's
+					   kernel send buffer */
 #define ACCEPT_BATCH		64	/* accepts per listener readiness */
 #define LINE_MAX_DEFAULT	(16u << 20)
 #define MAX_QUEUE_DEFAULT	(1u << 20)
@@ -234,7 +237,7 @@ struct route {
 	struct upstream	*up;
 	struct conn	*clients;
 	unsigned	 nclients;
-	int		 ready;		/* some client is not behind */
+	unsigned	 nready;	/* clients not behind, this turn */
 	struct msg	*batch;		/* this turn's messages, framed */
 };
 
@@ -2275,10 +2278,10 @@ conn_head(struct conn *c, unsigned char *buf, size_t n)
 }
 
 /*
- * Bytes arrived.  A client gets one read a turn.  An upstream gets up to a
- * quarter of --max-queue (at most READS_PER_EVENT reads): that is all its
- * clients' queues can grow by in one turn, so a client that was keeping
- * up when the turn began is still within --max-queue after it.
+ * Bytes arrived.  A client gets one read a turn.  An upstream gets up to
+ * an eighth of --max-queue (at most READS_PER_EVENT reads): that is all
+ * its clients' queues can grow by in one turn, so a client that was
+ * keeping up when the turn began is still far within --max-queue after it.
  */
 static void
 conn_readable(struct conn *c)
@@ -2289,7 +2292,7 @@ conn_readable(struct conn *c)
 	int code;
 
 	if (c->kind == CONN_UPSTREAM)
-		budget = MAX(MIN(opt.max_queue / 4,
+		budget = MAX(MIN(opt.max_queue / PACE_DIV,
 		    (size_t)READS_PER_EVENT * sizeof rbuf), 1);
 	while (got < budget && c->state != CONN_DEAD) {
 		cap = MIN(sizeof rbuf, budget - got);
@@ -2702,7 +2705,7 @@ accept_one(void)
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof ss;
 	struct conn *c;
-	int fd, one = 1;
+	int fd, one = 1, sndbuf;
 
 	if ((fd = accept(listen_fd, (struct sockaddr *)&ss, &len)) < 0) {
 		if (errno == EINTR || errno == ECONNABORTED)
@@ -2731,6 +2734,12 @@ accept_one(void)
 		return 0;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	/*
+	 * A kernel buffer that autotunes to megabytes would hide how far
+	 * behind a client is; bounded by --max-queue, the queue tells.
+	 */
+	sndbuf = (int)MIN(opt.max_queue / PACE_DIV, (size_t)INT_MAX);
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
 	addr_format((struct sockaddr *)&ss, c->peer, sizeof c->peer);
 	c->deadline = timer_at(now + HANDSHAKE_TIMEOUT_MS);
 	logmsg(L_DEBUG, "[%u] %s accepted", c->id, c->peer);
@@ -3109,27 +3118,31 @@ route_find(const char *path, size_t n)
 }
 
 /*
- * Which routes have a client that is keeping up?  A source is read only
- * while one has: the slowest fall behind (and past --max-queue, out), the
- * fastest sets the pace, and a route whose clients all lag stops reading
- * its source until they catch up.
+ * How many clients of each route are keeping up (less than an eighth of
+ * --max-queue unsent)?  A source is read only while at least half of its
+ * clients are: the pace is the median client's, so a stalled or slow
+ * minority cannot hold the others back (it falls behind, and past
+ * --max-queue it is dropped), while a flood, which outruns everybody,
+ * is read no faster than most clients take it.  Pacing by the fastest
+ * client alone would drop all the others in a flood, as soon as their
+ * small differences in speed added up to --max-queue.
  */
 static void
 routes_ready(void)
 {
-	size_t i, high = opt.max_queue / 4;
+	size_t i, high = opt.max_queue / PACE_DIV;
 
 	for (i = 0; i < nroutes; i++)
-		routes[i].ready = 0;
+		routes[i].nready = 0;
 	for (i = 0; i < nconns; i++)
 		if (conns[i]->joined && conns[i]->q.bytes < high)
-			conns[i]->route->ready = 1;
+			conns[i]->route->nready++;
 }
 
 static int
 route_behind(struct route *r)
 {
-	return r->nclients > 0 && !r->ready;
+	return 2 * r->nready < r->nclients;
 }
 
 /* A source ended: every client gets close 1000 after what it has queued. */
@@ -3219,8 +3232,8 @@ stdin_read(struct route *r)
 	ssize_t n;
 
 	/* As for an upstream: no more than the clients may fall behind by. */
-	n = read(STDIN_FILENO, rbuf, MAX(MIN(sizeof rbuf, opt.max_queue / 4),
-	    1));
+	n = read(STDIN_FILENO, rbuf,
+	    MAX(MIN(sizeof rbuf, opt.max_queue / PACE_DIV), 1));
 	if (n < 0 && (errno == EINTR || errno == EAGAIN))
 		return;
 	if (n < 0)

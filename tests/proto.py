@@ -1034,6 +1034,55 @@ def t_backpressure_stdin():
 
 
 @test
+def t_pace_is_the_median():
+    # One client reads at full speed, two read 256 KB every 20 ms, and
+    # stdin floods.  The source must go at the pace most clients keep
+    # (theirs): all three get every line and nobody is dropped.  Paced by
+    # the fastest client alone, the other two would fall --max-queue
+    # behind within a second and be dropped.
+    import threading
+    w = start_server("--max-queue", "256K", "/a=-")
+    fast = client(w, "/a")
+    slow = [client(w, "/a", rcvbuf=65536) for _ in range(2)]
+    size, count = 1000, 8000
+    lines = [b"%08d" % i + b"s" * (size - 9) for i in range(count)]
+    got, errors = {}, []
+
+    def reader(ws, pause):
+        n = 0
+        deadline = time.monotonic() + 25
+        try:
+            while n < count and time.monotonic() < deadline:
+                ws.fill(deadline)
+                while True:
+                    f = ws.parse_frame()
+                    if f is None:
+                        break
+                    if f.payload != lines[n]:
+                        raise TestFail("line %d: got %r" % (n, short(f.payload)))
+                    n += 1
+                if pause:
+                    time.sleep(pause)
+        except TestFail as e:
+            errors.append(str(e))
+        got[ws] = n
+
+    threads = [threading.Thread(target=reader, args=(ws, p))
+               for ws, p in [(fast, 0)] + [(s, 0.02) for s in slow]]
+    for t in threads:
+        t.start()
+    w.proc.stdin.write(b"".join(l + b"\n" for l in lines))
+    w.proc.stdin.flush()
+    for t in threads:
+        t.join(30)
+    check("slow client dropped" not in w.log(), "a client was dropped as slow: %s" %
+          [l for l in w.log().splitlines() if "slow client dropped" in l][:1])
+    check(not errors, "; ".join(errors))
+    check(sorted(got.values()) == [count] * 3, "lines received: %s of %d" %
+          (sorted(got.values()), count))
+
+
+@test
 def t_backpressure_upstream():
     # Same through an upstream: the origin's send() blocks (TCP pushes back)
     # instead of wsfwd reading without limit or dropping its only client.
