@@ -339,6 +339,7 @@ static void	 on_signal(int);
 static void	 options_parse(int, char **);
 static int	 parse_size(const char *, size_t *);
 static int	 parse_uint(const char *, unsigned long, unsigned long *);
+static int64_t	 ping_next(void);
 static void	 queue_clear(struct queue *, int);
 static void	 queue_consume(struct queue *, size_t);
 static size_t	 queue_peek(struct queue *, unsigned char *, size_t);
@@ -485,6 +486,20 @@ usage_error(const char *fmt, ...)
 	va_end(ap);
 	fputs(" (see wsfwd --help)\n", stderr);
 	exit(2);
+}
+
+/*
+ * When to ping next: one interval on, rounded up to a whole second (a
+ * quarter interval if that is shorter) so that the pings of thousands of
+ * clients fall into one timer scan a second rather than one scan each,
+ * and a peer that answers is still heard from well within two intervals.
+ */
+static int64_t
+ping_next(void)
+{
+	int64_t t = now + opt.ping_ms, g = MIN(1000, opt.ping_ms / 4);
+
+	return g > 0 ? t + (g - t % g) % g : t;
 }
 
 /* Note a connection deadline, so that the timer scan will not skip it. */
@@ -1324,13 +1339,13 @@ ws_frame_end(struct conn *c)
 	m = d->msg;
 	msg_seal(m, op, (size_t)d->msglen);
 	upstream_deliver(c->up, m);
-	/* Copied into a batch (or nobody listening): reuse the buffer. */
-	if (c->state != CONN_DEAD && m->refs == 1 && d->msgcap <= REUSE_MAX)
+	if (c->state == CONN_DEAD)
+		return 0;	/* conn_kill() has let go of m */
+	/* Copied into a batch, or nobody listening: keep the buffer. */
+	if (m->refs == 1 && d->msgcap <= REUSE_MAX)
 		return 0;
-	if (d->msg == m) {
-		d->msg = NULL;
-		d->msgcap = 0;
-	}
+	d->msg = NULL;
+	d->msgcap = 0;
 	msg_unref(m);
 	return 0;
 }
@@ -2256,9 +2271,10 @@ conn_head(struct conn *c, unsigned char *buf, size_t n)
 		end = http_head_end(h, c->hslen, from >= 3 ? from - 3 : 0);
 		if (end == 0 && c->hslen < HEADER_MAX)
 			return;
-		buf += end - from, n -= end - from;	/* what follows */
+		k = end > from ? end - from : n;	/* this read's head bytes */
 	} else
-		buf += end, n -= end;
+		k = end;
+	buf += k, n -= k;			/* what follows the head */
 	if (end == 0 || end > HEADER_MAX) {
 		if (c->kind == CONN_CLIENT)
 			client_reject(c, 400, "request head too large");
@@ -2393,7 +2409,7 @@ conn_timers(struct conn *c)
 	}
 	if (now >= c->ping_at) {
 		conn_send_ctl(c, WS_OP_PING, NULL, 0);
-		c->ping_at = now + opt.ping_ms;
+		c->ping_at = ping_next();
 	}
 	next = MIN(next, c->ping_at);
 	return MIN(next, c->last_rx + 2 * (int64_t)opt.ping_ms);
@@ -2587,7 +2603,7 @@ client_join(struct conn *c, const char *key)
 		return;
 	c->state = CONN_OPEN;
 	c->deadline = 0;
-	c->ping_at = timer_at(now + opt.ping_ms);
+	c->ping_at = timer_at(ping_next());
 	c->next = r->clients;
 	if (r->clients != NULL)
 		r->clients->prev = c;
@@ -2971,7 +2987,7 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 		return;
 	}
 	c->state = CONN_OPEN;
-	c->ping_at = timer_at(now + opt.ping_ms);
+	c->ping_at = timer_at(ping_next());
 	u->up_since = now;
 	u->deadline = 0;
 	u->delivered = 0;
@@ -3130,7 +3146,7 @@ route_find(const char *path, size_t n)
 static void
 routes_ready(void)
 {
-	size_t i, high = opt.max_queue / PACE_DIV;
+	size_t i, high = MAX(opt.max_queue / PACE_DIV, 1);
 
 	for (i = 0; i < nroutes; i++)
 		routes[i].nready = 0;
