@@ -78,10 +78,13 @@ class TlsOrigin:
     """A threaded TLS WebSocket server on 127.0.0.1 that checks wsfwd's
     upgrade request, answers 101, and hands each connection to the test."""
 
-    def __init__(self, cert, path="/feed", host_header=None):
+    def __init__(self, cert, path="/feed", host_header=None, ciphers=None):
         certfile, keyfile = CERT[cert]
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(certfile, keyfile)
+        if ciphers:             # TLS 1.2 with exactly these suites
+            self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            self.ctx.set_ciphers(ciphers)
         self.ctx.sni_callback = self._sni
         self.tl = threading.local()
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -470,6 +473,32 @@ def t_ecdsa():
     o.check_clean()
 
 
+@test("each suite of the trimmed profile works; a server without ECDHE is refused")
+def t_suites():
+    # wsfwd links only ECDHE with AES-GCM or ChaCha20-Poly1305: check each
+    # against an OpenSSL server that offers nothing else.
+    for leaf, suite in (("rsa", "ECDHE-RSA-AES128-GCM-SHA256"),
+                        ("rsa", "ECDHE-RSA-AES256-GCM-SHA384"),
+                        ("rsa", "ECDHE-RSA-CHACHA20-POLY1305"),
+                        ("ecdsa", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+                        ("ecdsa", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+                        ("ecdsa", "ECDHE-ECDSA-CHACHA20-POLY1305")):
+        o = TlsOrigin(leaf, ciphers=suite)
+        w, port = route(["/a=" + o.url()], "--ca", CA)
+        w.wait_log("upstream /a: connected to %s (" % o.url())
+        up = o.wait_conn(0)
+        eq(up.sock.cipher()[0], suite, "negotiated suite")
+        c = WS.open(port, "/a")
+        w.wait_client(c)
+        up.send(OP_BIN, bytes(range(256)) * 64)
+        c.expect_msg(OP_BIN, bytes(range(256)) * 64)
+        w.stop()
+    o = TlsOrigin("rsa", ciphers="AES128-GCM-SHA256")
+    w, port = route(["/a=" + o.url()], "--ca", CA)
+    w.wait_log(lost("/a", "TLS handshake failure: server sent alert 40 (handshake_failure)"))
+    eq(len(o.conns), 0, "upgrades the origin saw")
+
+
 @test("no --ca: system bundle, unknown issuer, retried, client stays")
 def t_unknown_issuer():
     o = TlsOrigin("rsa")
@@ -486,22 +515,23 @@ def t_unknown_issuer():
     o.check_clean()
 
 
-@test("name mismatch (other.example) is refused with its reason")
-def t_name_mismatch():
-    o = TlsOrigin("other")
+def refused(leaf, reason):
+    """A route to an origin with this leaf, trusting the test CA, is refused."""
+    o = TlsOrigin(leaf)
     w, port = route(["/a=" + o.url()], "--ca", CA)
-    w.wait_log(lost("/a", "certificate name mismatch: not issued for this host"))
+    w.wait_log(lost("/a", reason))
     eq(len(o.conns), 0, "upgrades the origin saw")
     check("upstream /a: connected" not in w.log(), "wsfwd logged a connection")
+
+
+@test("name mismatch (other.example) is refused with its reason")
+def t_name_mismatch():
+    refused("other", "certificate name mismatch: not issued for this host")
 
 
 @test("expired leaf is refused with its reason")
 def t_expired():
-    o = TlsOrigin("expired")
-    w, port = route(["/a=" + o.url()], "--ca", CA)
-    w.wait_log(lost("/a", "certificate expired or not yet valid"))
-    eq(len(o.conns), 0, "upgrades the origin saw")
-    check("upstream /a: connected" not in w.log(), "wsfwd logged a connection")
+    refused("expired", "certificate expired or not yet valid")
 
 
 @test("-k with the mismatched leaf: warning, messages flow")
