@@ -31,6 +31,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -49,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -259,6 +261,7 @@ struct options {
 	const char	*cat;
 	const char	*ca;		/* --ca FILE */
 	int		 insecure;	/* -k */
+	const char	*syslog;	/* --syslog[=SOCKET]: its path */
 };
 
 struct sha1 {
@@ -364,6 +367,7 @@ static void	 signal_setup(void);
 static void	 stdin_keep(struct route *, const unsigned char *, size_t);
 static void	 stdin_line(struct route *, const unsigned char *, size_t);
 static void	 stdin_read(struct route *);
+static int	 syslog_open(void);
 static int64_t	 timer_at(int64_t);
 static int64_t	 timers(void);
 static const char	*tls_alert(int);
@@ -420,7 +424,7 @@ static struct conn	*dirty;		/* conns with output queued this turn */
 static unsigned		 nclients_open;	/* upgraded clients, all routes */
 static unsigned		 nclient_conns;	/* client sockets, any state */
 static unsigned		 next_id;
-static int		 listen_fd = -1, spare_fd = -1;
+static int		 listen_fd = -1, spare_fd = -1, syslog_fd = -1;
 static int		 wake_pipe[2] = { -1, -1 };	/* resolver, signals */
 static int64_t		 now;		/* CLOCK_MONOTONIC ms, once per turn */
 static int64_t		 exit_at;	/* shutting down: leave by then */
@@ -435,25 +439,76 @@ static volatile sig_atomic_t quit;
 
 /* ==== Logging, errors, time, randomness ==== */
 
-/* Print one timestamped line on stderr if the verbosity allows it. */
+/*
+ * One line per event, if the verbosity allows it: on stderr with a UTC
+ * timestamp, in one write(), or with --syslog as one datagram to the
+ * syslog socket, sent without waiting: a stalled syslog daemon loses
+ * lines rather than stopping the loop.
+ */
 static void
 logmsg(int level, const char *fmt, ...)
 {
+	static const int sev[] = { LOG_ERR, LOG_INFO, LOG_DEBUG };
+	char line[1024];
 	struct timespec ts;
 	struct tm tm;
 	va_list ap;
+	int n;
 
 	if (level > opt.verbosity)
 		return;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);	/* UTC: no time zone files needed */
-	fprintf(stderr, "%04d-%02d-%02d %02d:%02d:%02d.%03ld ",
-	    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-	    tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+	if (syslog_fd >= 0)
+		n = snprintf(line, sizeof line, "<%d>wsfwd[%ld]: ",
+		    LOG_DAEMON | sev[level], (long)getpid());
+	else {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);	/* UTC: no time zone files */
+		n = snprintf(line, sizeof line,
+		    "%04d-%02d-%02d %02d:%02d:%02d.%03ld ", tm.tm_year + 1900,
+		    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+		    tm.tm_sec, ts.tv_nsec / 1000000);
+	}
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	n += vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	n = MIN(n, (int)sizeof line - 2);	/* a long line is cut */
+	if (syslog_fd >= 0) {
+		if (send(syslog_fd, line, (size_t)n, MSG_DONTWAIT |
+		    MSG_NOSIGNAL) < 0 && errno != EAGAIN && syslog_open() == 0)
+			send(syslog_fd, line, (size_t)n, MSG_DONTWAIT |
+			    MSG_NOSIGNAL);
+		return;
+	}
+	line[n++] = '\n';
+	if (write(STDERR_FILENO, line, (size_t)n) < 0)
+		return;		/* nowhere left to say it */
+}
+
+/* (Re)connect to the syslog socket; the daemon may have restarted. */
+static int
+syslog_open(void)
+{
+	struct sockaddr_un sun;
+	int fd;
+
+	memset(&sun, 0, sizeof sun);
+	sun.sun_family = AF_UNIX;
+	if (strlen(opt.syslog) >= sizeof sun.sun_path) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	strcpy(sun.sun_path, opt.syslog);
+	if ((fd = socket(AF_UNIX, SOCK_DGRAM, 0)) < 0)
+		return -1;
+	if (set_nonblock(fd) < 0 ||
+	    connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
+		close(fd);
+		return -1;
+	}
+	if (syslog_fd >= 0)
+		close(syslog_fd);
+	syslog_fd = fd;
+	return 0;
 }
 
 /* Setup failure: message, strerror(errno) if fmt ends in ':', exit 1. */
@@ -3301,6 +3356,8 @@ signal_setup(void)
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
+	/* The CA bundle is read once; a lost terminal must not stop us. */
+	sigaction(SIGHUP, &sa, NULL);
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGTERM, &sa, NULL);
@@ -3617,6 +3674,8 @@ usage(FILE *f)
 "      --ca FILE             PEM bundle of CAs trusted for wss:// (default:\n"
 "                            the system bundle)\n"
 "  -k, --insecure            wss:// without verifying certificate or name\n"
+"      --syslog[=SOCKET]     log to syslog, daemon facility, no timestamps\n"
+"                            (default socket /dev/log)\n"
 "  -q, --quiet               log errors only\n"
 "  -v, --verbose             log protocol detail too\n"
 "  -h, --help                this text\n"
@@ -3747,7 +3806,7 @@ static void
 options_parse(int argc, char **argv)
 {
 	enum { O_MAXMSG = 256, O_MAXQ, O_MAXCL, O_PING, O_VERSION, O_CAT,
-	    O_CA };
+	    O_CA, O_SYSLOG };
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, 'l' },
 		{ "max-message", required_argument, NULL, O_MAXMSG },
@@ -3757,6 +3816,7 @@ options_parse(int argc, char **argv)
 		{ "cat", required_argument, NULL, O_CAT },
 		{ "ca", required_argument, NULL, O_CA },
 		{ "insecure", no_argument, NULL, 'k' },
+		{ "syslog", optional_argument, NULL, O_SYSLOG },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
@@ -3805,6 +3865,9 @@ options_parse(int argc, char **argv)
 			break;
 		case 'k':
 			opt.insecure = 1;
+			break;
+		case O_SYSLOG:
+			opt.syslog = optarg ? optarg : "/dev/log";
 			break;
 		case 'q':
 			quiet = 1;
@@ -3884,6 +3947,8 @@ setup(void)
 	    set_nonblock(wake_pipe[1]) < 0)
 		die("pipe:");
 	spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (opt.syslog != NULL && syslog_open() < 0)
+		die("--syslog: %s:", opt.syslog);
 	now = now_ms();
 	for (i = 0; i < nroutes; i++)
 		if (routes[i].url.tls) {

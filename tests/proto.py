@@ -1014,6 +1014,41 @@ def write_until_stalled(write, data, limit, what):
 
 
 @test
+def t_syslog_and_sighup():
+    # --syslog=SOCKET: each event one datagram, daemon facility, no
+    # timestamp; SIGHUP changes nothing; a socket that is not there: exit 1.
+    import tempfile
+    d = tempfile.mkdtemp(prefix="wsfwd-syslog.")
+    path = os.path.join(d, "log")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    SOCKS.append(s)
+    s.bind(path)
+    s.settimeout(TIMEOUT)
+    port = free_port()
+    w = Wsfwd(["--syslog=" + path, "-l", "%s:%d" % (HOST, port), "/a=-"],
+              stdin=subprocess.PIPE)
+    try:
+        eq(s.recv(4096), b"<30>wsfwd[%d]: listening on %s:%d" % (w.proc.pid, HOST.encode(), port),
+           "first datagram")
+        w.proc.send_signal(signal.SIGHUP)
+        ws = WS.open(port, "/a")
+        m = s.recv(4096)
+        check(re.match(rb"<30>wsfwd\[\d+\]: \[\d+\] 127\.0\.0\.1:\d+ connected to /a, 1 clients$", m),
+              "connect datagram: %r" % m)
+        w.proc.stdin.write(b"after hup\n")
+        w.proc.stdin.flush()
+        ws.expect_msg(OP_TEXT, b"after hup")
+        check(w.log() == "", "wsfwd wrote to stderr with --syslog: %r" % w.log()[:200])
+    finally:
+        os.unlink(path)
+        os.rmdir(d)
+    r = subprocess.run([wslib.BIN, "--syslog=" + path, "/a=-"], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=5)
+    eq(r.returncode, 1, "exit status without a syslog socket")
+    check(path in r.stderr, "stderr does not name the socket: %r" % r.stderr)
+
+
+@test
 def t_backpressure_stdin():
     # The only client reads nothing: wsfwd stops reading stdin rather than
     # dropping it, and once it reads it gets every line, in order.
