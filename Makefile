@@ -4,6 +4,7 @@
 
 VERSION  = 0.1.0
 PREFIX   = /usr/local
+MANPREFIX = $(PREFIX)/share/man
 CC       = cc
 CFLAGS   = -std=c99 -pedantic -Wall -Wextra -O2
 CPPFLAGS = -D_DEFAULT_SOURCE
@@ -82,12 +83,14 @@ bench: wsfwd
 	./bench/run.sh
 
 install: wsfwd
-	mkdir -p $(DESTDIR)$(PREFIX)/bin
+	mkdir -p $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANPREFIX)/man1
 	cp -f wsfwd $(DESTDIR)$(PREFIX)/bin/wsfwd
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/wsfwd
+	cp -f wsfwd.1 $(DESTDIR)$(MANPREFIX)/man1/wsfwd.1
+	chmod 644 $(DESTDIR)$(MANPREFIX)/man1/wsfwd.1
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/wsfwd
+	rm -f $(DESTDIR)$(PREFIX)/bin/wsfwd $(DESTDIR)$(MANPREFIX)/man1/wsfwd.1
 
 clean:
 	rm -f wsfwd wsfwd-asan wsfwd-test wsfwd-static

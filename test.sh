@@ -297,6 +297,43 @@ else
 	nok "make unit" "no 'N passed, M failed' line (status $rc): $(tail -n 2 "$T/unit.log" | tr '\n' ' ')"
 fi
 
+# make install / uninstall into a staging DESTDIR, and the example
+# systemd unit through systemd-analyze (where it exists).
+deploy_checks() {
+	local root=$T/root unit=$T/wsfwd.service
+	if timeout 60 make install DESTDIR="$root" PREFIX=/usr >"$T/install.log" 2>&1 &&
+	    [ -x "$root/usr/bin/wsfwd" ] && [ -f "$root/usr/share/man/man1/wsfwd.1" ] &&
+	    "$root/usr/bin/wsfwd" --version | grep -q '^wsfwd '; then
+		ok "make install DESTDIR PREFIX: binary and man page"
+	else
+		nok "make install DESTDIR PREFIX" "$(tail -n 2 "$T/install.log" | tr '\n' ' ')"
+	fi
+	if timeout 60 make uninstall DESTDIR="$root" PREFIX=/usr >>"$T/install.log" 2>&1 &&
+	    [ ! -e "$root/usr/bin/wsfwd" ] && [ ! -e "$root/usr/share/man/man1/wsfwd.1" ]; then
+		ok "make uninstall removes both"
+	else
+		nok "make uninstall" "files left under $root"
+	fi
+	if command -v systemd-analyze >/dev/null 2>&1; then
+		sed "s|/usr/local/bin/wsfwd|$PWD/wsfwd|" contrib/wsfwd.service >"$unit"
+		if timeout 60 systemd-analyze verify --man=no "$unit" >"$T/unit.log" 2>&1 &&
+		    [ ! -s "$T/unit.log" ]; then
+			ok "contrib/wsfwd.service passes systemd-analyze verify"
+		else
+			nok "contrib/wsfwd.service" "$(head -n 3 "$T/unit.log" | tr '\n' ' ')"
+		fi
+	else
+		echo "skip - contrib/wsfwd.service: no systemd-analyze"
+	fi
+}
+
+deploy_checks
+
+# --help, wsfwd.1 and README.md agree; the man page lints clean.
+if timeout 60 tests/docs.sh ./wsfwd >"$T/docs.out" 2>&1; then :; fi
+grep -E '^(ok|FAIL|skip) - ' "$T/docs.out" | sed -E 's/^(ok|FAIL|skip) - /\1 - docs: /'
+add_counts "$T/docs.out" || nok "tests/docs.sh" "no summary line"
+
 SUITES=""
 suite ./wsfwd plain
 

@@ -1576,8 +1576,11 @@ ca_load(const char *path)
 	const char *name;
 	int incert = 0, pass;
 
-	if ((buf = file_read(path, &len)) == NULL)
-		die("CA bundle %s:", path);
+	if ((buf = file_read(path, &len)) == NULL) {
+		fprintf(stderr, "wsfwd: CA bundle %s: %s; give a readable PEM "
+		    "bundle with --ca FILE\n", path, strerror(errno));
+		exit(2);
+	}
 	br_pem_decoder_init(&pc);
 	for (p = buf, pass = 0; pass < 2; pass++) {
 		/* A newline after the file ends a last line that has none. */
@@ -3681,8 +3684,8 @@ usage(FILE *f)
 "  -h, --help                this text\n"
 "      --version             print the version\n"
 "\n"
-"Exit status: 0 after SIGTERM/SIGINT or when every stdin route has ended,\n"
-"1 on a runtime failure, 2 on bad arguments.\n"
+"Exit status: 0 after SIGTERM/SIGINT, or at the end of stdin when - is the\n"
+"only route; 1 on a runtime failure; 2 on bad arguments.\n"
 "\n"
 "example: wsfwd /ws=ws://feed.example:8080/ws    then clients open\n"
 "         ws://127.0.0.1:19443/ws\n", f);
@@ -3753,9 +3756,10 @@ route_add(char *arg)
 		src = eq + 1;
 	}
 	if (strcmp(src, "-") == 0) {
-		if (stdin_route != NULL)
-			usage_error("route %s: only one route can read stdin",
-			    arg);
+		for (i = 0; i < nroutes; i++)
+			if (routes[i].is_stdin)
+				usage_error("route %s: only one route can read "
+				    "stdin", arg);
 		r->is_stdin = 1;
 		r->path = strdup(path ? path : "/");
 	} else {

@@ -1396,7 +1396,9 @@ for _name, _args, _say in (
         ("url_no_host", ["/a=ws:///x"], None),
         ("url_port_99999", ["ws://127.0.0.1:99999/x"], None),
         ("duplicate_path", ["/a=-", "/a=-"], None),
-        ("duplicate_default_path", ["ws://127.0.0.1:1/x", "/x=-"], None)):
+        ("duplicate_default_path", ["ws://127.0.0.1:1/x", "/x=-"], None),
+        ("two_stdin_routes", ["/a=-", "/b=-"], "only one route can read stdin"),
+        ("wss_ip_literal", ["wss://127.0.0.1:1/x"], "-k")):
     add("cli_bad_" + _name, bad_args, _args, _say)
 
 

@@ -704,7 +704,7 @@ def t_cat_close():
     o.check_clean()
 
 
-@test("--ca file with no certificate: exit 2 naming --ca; missing file names the path")
+@test("--ca file with no certificate, or missing: exit 2 naming --ca and the path")
 def t_bad_ca_file():
     url = "wss://localhost:%d/feed" % free_port()
     key_only = os.path.join(wslib.TMP, "key-only.pem")
@@ -727,12 +727,14 @@ def t_bad_ca_file():
     w = Wsfwd(["-l", "%s:%d" % (HOST, free_port()), "/a=" + url, "--ca", missing],
               "ca-missing")
     rc = w.wait_exit(5)
-    check(rc is not None and rc > 0, "exit status with a missing --ca file: %r" % rc)
-    check(missing in w.log(), "stderr does not name %s: %r" % (missing, w.log()))
+    eq(rc, 2, "exit status with a missing --ca file")
+    check(missing in w.log() and "--ca" in w.log(),
+          "stderr does not name %s and --ca: %r" % (missing, w.log()))
     k = cat(url, "--ca", missing, role="cat-ca-missing")
     rc = k.wait_exit(5)
-    check(rc is not None and rc > 0, "--cat exit status with a missing --ca file: %r" % rc)
-    check(missing in k.log(), "--cat stderr does not name %s: %r" % (missing, k.log()))
+    eq(rc, 2, "--cat exit status with a missing --ca file")
+    check(missing in k.log() and "--ca" in k.log(),
+          "--cat stderr does not name %s and --ca: %r" % (missing, k.log()))
 
 
 # ---------------------------------------------------------------- runner
