@@ -75,6 +75,91 @@ wsfwd-static: wsfwd.c
 	strip -R .eh_frame -R .comment $@ 2>/dev/null
 	@ls -l $@
 
+# Cross builds for router and board CPUs: "make cross ARCH=A" (A one of
+# CROSS_ARCHES, or several in quotes) gives wsfwd-A, static (glibc) and
+# stripped, from Debian's cross compiler (apt-get install gcc-TRIPLET) and
+# that CPU's BearSSL: libbearssl-dev:DEBARCH after dpkg --add-architecture
+# DEBARCH (the archive goes to /usr/lib/TRIPLET, the headers to
+# /usr/include, which the cross compiler searches).  With BEARSSL=DIR:
+# DIR/inc and DIR/build-A/libbearssl.a if there is one, else
+# DIR/build/libbearssl.a; "make -C DIR BUILD=build-A CC=TRIPLET-gcc
+# AR=TRIPLET-ar lib" builds it beside the native build.  32-bit targets get
+# a 64-bit time_t.  The link warns that getaddrinfo wants glibc's NSS
+# libraries at run time: expected (lookups in /etc/hosts still work).
+# wsfwd-test-A is "make unit" for A (no sanitizers).  tests/cross.sh runs
+# both under qemu-user-static.
+CROSS_ARCHES  = aarch64 armhf mipsel mips
+# A = GNU triplet, Debian architecture
+CROSS_aarch64 = aarch64-linux-gnu arm64
+CROSS_armhf   = arm-linux-gnueabihf armhf
+CROSS_mipsel  = mipsel-linux-gnu mipsel
+CROSS_mips    = mips-linux-gnu mips
+CROSS_CFLAGS  = $(STATIC_CFLAGS) -pedantic
+CROSS_CPPFLAGS = $(CPPFLAGS) -D_FILE_OFFSET_BITS=64 -D_TIME_BITS=64
+# In the recipes below, $* is A.
+X_TRIPLET = $(word 1,$(CROSS_$*))
+X_DEBARCH = $(word 2,$(CROSS_$*))
+X_CC      = $(X_TRIPLET)-gcc
+X_BR_INC  = $(if $(BEARSSL),-I$(BEARSSL)/inc)
+X_BR_LIB  = $(if $(BEARSSL),$(BEARSSL)/$(if $(wildcard \
+	$(BEARSSL)/build-$*/libbearssl.a),build-$*,build)/libbearssl.a,-lbearssl)
+X_BR_HOW  = make -C $(or $(BEARSSL),DIR) BUILD=build-$* CC=$(X_CC) \
+	AR=$(X_TRIPLET)-ar lib
+# Said when the cross compiler, its C library or A's BearSSL is missing:
+# x SOURCE LIBS links a program for A.
+X_NEED = x() { t=$$(mktemp) && printf "$$1" | $(X_CC) $(X_BR_INC) -static \
+	    -o "$$t" -x c - -x none $$2 >/dev/null 2>&1; r=$$?; rm -f "$$t"; \
+	    return $$r; }; \
+	command -v $(X_CC) >/dev/null 2>&1 || { \
+	    echo 'make cross ARCH=$*: no $(X_CC); Debian/Ubuntu:' \
+	        'apt-get install gcc-$(X_TRIPLET)' >&2; exit 1; }; \
+	x '\#include <stdio.h>\nint main(void) { return puts(""); }\n' '' || { \
+	    echo 'make cross ARCH=$*: $(X_CC) cannot link a static program;' \
+	        'Debian/Ubuntu: apt-get install libc6-dev-$(X_DEBARCH)-cross' >&2; \
+	    exit 1; }; \
+	x '\#include <bearssl.h>\nint main(void) { br_sha1_context c; br_sha1_init(&c); return 0; }\n' \
+	    '$(X_BR_LIB)' || { \
+	$(if $(BEARSSL),echo 'make cross ARCH=$*: $(X_BR_LIB) or' \
+	    '$(BEARSSL)/inc/bearssl.h is missing or not built for $*;' \
+	    'build it with: $(X_BR_HOW)' >&2;, \
+	echo 'make cross ARCH=$*: no BearSSL for $*. Debian/Ubuntu:' \
+	    'dpkg --add-architecture $(X_DEBARCH) && apt-get update &&' \
+	    'apt-get install libbearssl-dev:$(X_DEBARCH); or' \
+	    'make cross ARCH=$* BEARSSL=DIR after $(X_BR_HOW)' >&2;) \
+	exit 1; }
+
+ifneq ($(filter cross,$(MAKECMDGOALS)),)
+ifneq ($(if $(ARCH),$(filter-out $(CROSS_ARCHES),$(ARCH)),none),)
+$(error make cross ARCH=A, with A one of: $(CROSS_ARCHES))
+endif
+endif
+
+cross: $(ARCH:%=wsfwd-%)
+
+$(CROSS_ARCHES:%=wsfwd-%): wsfwd-%: wsfwd.c
+	@$(X_NEED)
+	$(X_CC) $(CROSS_CPPFLAGS) $(X_BR_INC) $(CROSS_CFLAGS) -static \
+	    -Wl,--gc-sections -o $@ wsfwd.c $(X_BR_LIB) -lpthread
+	$(X_TRIPLET)-strip -R .eh_frame -R .comment $@ 2>/dev/null
+	@ls -l $@
+
+$(CROSS_ARCHES:%=wsfwd-test-%): wsfwd-test-%: wsfwd.c
+	@$(X_NEED)
+	$(X_CC) $(CROSS_CPPFLAGS) $(X_BR_INC) -DWSFWD_TEST -std=c99 -pedantic \
+	    -Wall -Wextra -O1 -static -o $@ wsfwd.c $(X_BR_LIB) -lpthread
+
+cross-clean:
+	rm -f $(CROSS_ARCHES:%=wsfwd-%) $(CROSS_ARCHES:%=wsfwd-test-%)
+
+# Build and smoke-test under qemu-user-static every ARCH (default: all)
+# whose toolchain is installed.
+cross-check:
+	./tests/cross.sh $(ARCH)
+
+clean: cross-clean
+
+.PHONY: cross cross-clean cross-check
+
 check: all
 	./test.sh
 

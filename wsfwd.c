@@ -1756,6 +1756,7 @@ tls_profile(struct tls *t)
 		{ br_sha512_ID, &br_sha512_vtable },
 	};
 	br_ssl_engine_context *eng = &t->sc.eng;
+	struct timespec ts;
 	size_t i;
 
 	br_ssl_client_zero(&t->sc);
@@ -1776,6 +1777,14 @@ tls_profile(struct tls *t)
 	br_ssl_engine_set_chacha20(eng, &br_chacha20_ct_run);
 	br_ssl_engine_set_poly1305(eng, &br_poly1305_ctmul_run);
 	br_x509_minimal_init(&t->xc, &br_sha256_vtable, anchors, nanchors);
+	/*
+	 * The date, from our own clock: left to itself BearSSL calls time(),
+	 * which Debian's 32-bit builds of it take with a 32-bit time_t, and
+	 * every certificate would look expired from 2038.  Days since 0 AD.
+	 */
+	clock_gettime(CLOCK_REALTIME, &ts);
+	br_x509_minimal_set_time(&t->xc, (uint32_t)(ts.tv_sec / 86400 + 719528),
+	    (uint32_t)(ts.tv_sec % 86400));
 	br_x509_minimal_set_rsa(&t->xc, br_ssl_engine_get_rsavrfy(eng));
 	br_x509_minimal_set_ecdsa(&t->xc, br_ssl_engine_get_ec(eng),
 	    br_ssl_engine_get_ecdsa(eng));
