@@ -109,7 +109,7 @@ chain() {
 	p1=$(free_port)
 	p2=$(free_port)
 	mkfifo "$d/fifo"
-	timeout 60 "$bin" -l "127.0.0.1:$p1" /a=- <"$d/fifo" 2>"$d/a.log" &
+	"$bin" -l "127.0.0.1:$p1" /a=- <"$d/fifo" 2>"$d/a.log" &
 	a=$!
 	PIDS="$PIDS $a"
 	exec 3>"$d/fifo"	# held open so A sees no EOF while the chain connects
@@ -119,7 +119,7 @@ chain() {
 		return
 	fi
 	# Children get 3>&-: a stray copy of the fifo's write end would hide EOF.
-	timeout 60 "$bin" -l "127.0.0.1:$p2" "/b=ws://127.0.0.1:$p1/a" 2>"$d/b.log" 3>&- &
+	"$bin" -l "127.0.0.1:$p2" "/b=ws://127.0.0.1:$p1/a" 2>"$d/b.log" 3>&- &
 	b=$!
 	PIDS="$PIDS $b"
 	if wait_log "$d/b.log" "upstream /b: connected to ws://127.0.0.1:$p1/a" &&
@@ -129,7 +129,7 @@ chain() {
 		nok "$tag chain: B connects to A" "no 'upstream /b: connected' in B's log"
 	fi
 	for i in 1 2 3; do
-		timeout 60 "$bin" --cat "ws://127.0.0.1:$p2/b" >"$d/cat$i.out" 2>"$d/cat$i.log" 3>&- &
+		"$bin" --cat "ws://127.0.0.1:$p2/b" >"$d/cat$i.out" 2>"$d/cat$i.log" 3>&- &
 		cats="$cats $!"
 		PIDS="$PIDS $!"
 	done
@@ -169,7 +169,7 @@ chain() {
 	fi
 
 	# A comes back on the same port: B reconnects, the cats stayed connected.
-	timeout 60 "$bin" -l "127.0.0.1:$p1" /a=- <"$d/fifo" 2>"$d/a2.log" &
+	"$bin" -l "127.0.0.1:$p1" /a=- <"$d/fifo" 2>"$d/a2.log" &
 	a=$!
 	PIDS="$PIDS $a"
 	exec 3>"$d/fifo"
@@ -223,7 +223,8 @@ cat_dead() {
 
 # pysuite NAME BIN TAG: tests/NAME.py against BIN, its wsfwd logs under
 # $T/TAG/NAME.  proto.py: raw-socket clients and a fake origin; tls.py: a
-# TLS origin in Python's ssl with certificates made by openssl.
+# TLS origin in Python's ssl with certificates made by openssl; tree.py: a
+# root and two edges, and nginx's stream proxy in front where installed.
 pysuite() {
 	local out=$T/$3/$1
 	mkdir -p "$out"
@@ -263,6 +264,7 @@ suite() {
 		cat_dead "$1" "$2"
 		pysuite proto "$1" "$2"
 		pysuite tls "$1" "$2"
+		pysuite tree "$1" "$2"
 		sanitizer_logs "$2"
 		echo "$PASS passed, $FAIL failed"
 	) >"$T/$2.out" 2>&1 &

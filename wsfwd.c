@@ -343,6 +343,7 @@ static void	 options_parse(int, char **);
 static int	 parse_size(const char *, size_t *);
 static int	 parse_uint(const char *, unsigned long, unsigned long *);
 static int64_t	 ping_next(void);
+static size_t	 queue_behind(const struct queue *);
 static void	 queue_clear(struct queue *, int);
 static void	 queue_consume(struct queue *, size_t);
 static size_t	 queue_peek(struct queue *, unsigned char *, size_t);
@@ -1186,6 +1187,17 @@ queue_consume(struct queue *q, size_t n)
 			q->nurgent--;
 		msg_unref(m);
 	}
+}
+
+/*
+ * Bytes queued behind the frame at the head (the one on the wire): what
+ * --max-queue limits.  A client busy with one large message, however
+ * large, is not behind for that alone.
+ */
+static size_t
+queue_behind(const struct queue *q)
+{
+	return q->n == 0 ? 0 : q->bytes - (q->v[q->head]->len - q->off);
 }
 
 /* Copy up to n bytes from the front without consuming them. */
@@ -2715,7 +2727,7 @@ broadcast(struct route *r, struct msg *m)
 
 	for (c = r->clients; c != NULL; c = next) {
 		next = c->next;
-		if (c->q.bytes > 0 && c->q.bytes + m->len > opt.max_queue) {
+		if (c->q.n > 0 && queue_behind(&c->q) + m->len > opt.max_queue) {
 			logmsg(L_INFO, "[%u] %s slow client dropped: %zu bytes "
 			    "unsent, over --max-queue %zu", c->id, c->peer,
 			    c->q.bytes, opt.max_queue);

@@ -1151,6 +1151,47 @@ def t_big_message_into_empty_queue():
     check("slow client dropped" not in w.log(), "reading client dropped as slow")
 
 
+@test
+def t_big_message_then_more_at_once():
+    # A message larger than --max-queue with more right behind it in the
+    # same write: the client is busy with the big one, not behind; it is not
+    # dropped and gets everything in order.  (Counting the message on the
+    # wire as backlog dropped every client here.)
+    for role, lines in (("cat", [b"x" * 2000000, b"small"]),
+                        ("raw", [b"x" * 2000000, b"small", b"y" * 300000, b"z" * 960000,
+                                 b"end"])):
+        w = start_server("--max-queue", "1M", "/a=-")
+        if role == "raw":
+            ws = client(w)
+        else:
+            out = new_log("cat") + ".out"
+            cat = subprocess.Popen([wslib.BIN, "--cat", "ws://%s:%d/a" % (HOST, w.port)],
+                                   stdout=open(out, "wb"), stderr=subprocess.DEVNULL)
+            w.wait_log("connected to /a, 1 clients")
+        # Fed from a thread: stdin is paused while the client is behind.
+        import threading
+        feeder = threading.Thread(target=w.feed, args=(b"".join(l + b"\n" for l in lines),))
+        feeder.start()
+        if role == "raw":
+            for i, l in enumerate(lines):
+                try:
+                    ws.expect_msg(OP_TEXT, l)
+                except TestFail as e:
+                    fail("message %d: %s" % (i, e))
+        else:
+            want = b"".join(l + b"\n" for l in lines)
+            deadline = time.monotonic() + TIMEOUT
+            while os.path.getsize(out) < len(want) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            cat.kill()
+            cat.wait()
+            with open(out, "rb") as f:
+                check(f.read() == want, "--cat did not print the two lines")
+        feeder.join(TIMEOUT)
+        check("slow client dropped" not in w.log(), "%s client dropped as slow" % role)
+        w.stop()
+
+
 # ---------------------------------------------------------------- keepalive
 
 @test
