@@ -44,20 +44,9 @@ PIDS=""
 PASS=0
 FAIL=0
 
-waitpid_bounded() {	# PID TENTHS: true once PID has exited
-	local i=0
-	while kill -0 "$1" 2>/dev/null; do
-		[ "$i" -ge "$2" ] && return 1
-		sleep 0.1
-		i=$((i + 1))
-	done
-	return 0
-}
-stop_pid() {
-	kill -0 "$1" 2>/dev/null || return 0
-	kill -TERM "$1" 2>/dev/null
-	waitpid_bounded "$1" 30 || kill -KILL "$1" 2>/dev/null
-}
+. tests/lib.sh
+WAIT_TENTHS=100		# qemu is slower
+
 cleanup() {
 	local p
 	exec 3>&-
@@ -67,40 +56,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ok()   { echo "ok - $1"; PASS=$((PASS + 1)); }
-nok()  { echo "FAIL - $1: $2"; FAIL=$((FAIL + 1)); }
-
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-# exit_status PID TENTHS: RC = exit status of a background child, or "timeout".
-exit_status() {
-	RC=timeout
-	waitpid_bounded "$1" "$2" || return 0
-	wait "$1"
-	RC=$?
-}
-# wait_log FILE STRING [COUNT] [TENTHS]: until FILE has COUNT lines with STRING.
-wait_log() {
-	local i=0 n
-	while :; do
-		n=$(grep -cF -- "$2" "$1" 2>/dev/null)
-		[ "${n:-0}" -ge "${3:-1}" ] && return 0
-		[ "$i" -ge "${4:-100}" ] && return 1
-		sleep 0.1
-		i=$((i + 1))
-	done
-}
-wait_size() {	# FILE BYTES TENTHS
-	local i=0
-	while [ "$({ wc -c <"$1"; } 2>/dev/null || echo 0)" -lt "$2" ]; do
-		[ "$i" -ge "$3" ] && return 1
-		sleep 0.1
-		i=$((i + 1))
-	done
-	return 0
-}
-tail1() { tail -n 1 "$1" 2>/dev/null | cut -c1-200; }
 oneline() { head -n 3 | tr '\n' ' ' | cut -c1-300; }
 
 # ------------------------------------------------------------ TLS material
