@@ -407,9 +407,7 @@ def lost(path, reason):
 @test("trusted RSA leaf with --ca: route to 2 clients byte-exact, and --cat")
 def t_trusted_rsa():
     o = TlsOrigin("rsa")
-    w, port = route(["/a=" + o.url()], "--ca", CA)
-    w.wait_log("upstream /a: connected to %s (" % o.url())
-    up = o.wait_conn(0)
+    w, port, up = connected(o, "--ca", CA)
     eq(up.sni, "localhost", "SNI sent by wsfwd")
     clients = [WS.open(port, "/a"), WS.open(port, "/a")]
     for c in clients:
@@ -458,9 +456,7 @@ def t_trusted_rsa():
 @test("ECDSA P-256 leaf with --ca: route delivers")
 def t_ecdsa():
     o = TlsOrigin("ecdsa")
-    w, port = route(["/a=" + o.url()], "--ca", CA)
-    w.wait_log("upstream /a: connected to %s (" % o.url())
-    up = o.wait_conn(0)
+    w, port, up = connected(o, "--ca", CA)
     cipher = up.sock.cipher()
     check("ECDSA" in cipher[0], "negotiated suite %r is not ECDSA" % (cipher,))
     eq(up.sock.version(), "TLSv1.2", "TLS version")
@@ -484,9 +480,7 @@ def t_suites():
                         ("ecdsa", "ECDHE-ECDSA-AES256-GCM-SHA384"),
                         ("ecdsa", "ECDHE-ECDSA-CHACHA20-POLY1305")):
         o = TlsOrigin(leaf, ciphers=suite)
-        w, port = route(["/a=" + o.url()], "--ca", CA)
-        w.wait_log("upstream /a: connected to %s (" % o.url())
-        up = o.wait_conn(0)
+        w, port, up = connected(o, "--ca", CA)
         eq(up.sock.cipher()[0], suite, "negotiated suite")
         c = WS.open(port, "/a")
         w.wait_client(c)
@@ -513,6 +507,13 @@ def t_unknown_issuer():
     check("connected to wss" not in w.log(), "wsfwd logged a connection")
     c.ping_pong()
     o.check_clean()
+
+
+def connected(o, *opts):
+    """wsfwd with route /a to origin o, once the upstream is up: (w, port, up)."""
+    w, port = route(["/a=" + o.url()], *opts)
+    w.wait_log("upstream /a: connected to %s (" % o.url())
+    return w, port, o.wait_conn(0)
 
 
 def refused(leaf, reason):
@@ -582,9 +583,7 @@ def t_ip_literal():
 @test("origin dies mid-message without close_notify: reconnect, client keeps receiving")
 def t_killed_midstream():
     o = TlsOrigin("rsa")
-    w, port = route(["/a=" + o.url()], "--ca", CA)
-    w.wait_log("upstream /a: connected to %s (" % o.url())
-    up = o.wait_conn(0)
+    w, port, up = connected(o, "--ca", CA)
     c = WS.open(port, "/a")
     w.wait_client(c)
     up.send(OP_TEXT, b"before")
@@ -616,9 +615,7 @@ def clean_tls_close(conn):
 @test("message then close_notify in one burst: route notices within 3 s, reconnects")
 def t_close_notify_after_message():
     o = TlsOrigin("rsa")
-    w, port = route(["/a=" + o.url()], "--ca", CA)
-    w.wait_log("upstream /a: connected to %s (" % o.url())
-    up = o.wait_conn(0)
+    w, port, up = connected(o, "--ca", CA)
     c = WS.open(port, "/a")
     w.wait_client(c)
     # The last message and the TLS close leave back to back, as from a
