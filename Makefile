@@ -160,6 +160,36 @@ clean: cross-clean
 
 .PHONY: cross cross-clean cross-check
 
+# libFuzzer targets built from the same file (-DWSFWD_FUZZ=N, clang, with
+# AddressSanitizer and UBSan): make fuzz; make fuzz-run [FUZZ_SECONDS=20];
+# make fuzz-long [FUZZ_SECONDS=3600].  tests/fuzz/run.sh keeps the corpus
+# in fuzz-corpus/.
+FUZZ_TARGETS = request response frame-server frame-client utf8 url pem
+FUZZ_N_request = 1
+FUZZ_N_response = 2
+FUZZ_N_frame-server = 3
+FUZZ_N_frame-client = 4
+FUZZ_N_utf8 = 5
+FUZZ_N_url = 6
+FUZZ_N_pem = 7
+FUZZ_CC = clang
+FUZZ_CFLAGS = -std=c99 -Wall -Wextra -Wno-unused-function -g -O1 \
+	-fsanitize=fuzzer,address,undefined
+FUZZ_SECONDS = 20
+
+fuzz: $(FUZZ_TARGETS:%=fuzz-%)
+
+$(FUZZ_TARGETS:%=fuzz-%): fuzz-%: wsfwd.c
+	$(FUZZ_CC) $(CPPFLAGS) $(BR_CPPFLAGS) -DWSFWD_FUZZ=$(FUZZ_N_$*) \
+	    $(FUZZ_CFLAGS) -o $@ wsfwd.c $(LDLIBS)
+
+fuzz-run: fuzz
+	./tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-long: fuzz
+	./tests/fuzz/run.sh $(if $(filter 20,$(FUZZ_SECONDS)),3600,$(FUZZ_SECONDS)) \
+	    $(FUZZ_TARGETS)
+
 check: all
 	./test.sh
 
@@ -178,6 +208,6 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/wsfwd $(DESTDIR)$(MANPREFIX)/man1/wsfwd.1
 
 clean:
-	rm -f wsfwd wsfwd-asan wsfwd-test wsfwd-static
+	rm -f wsfwd wsfwd-asan wsfwd-test wsfwd-static $(FUZZ_TARGETS:%=fuzz-%)
 
-.PHONY: all asan unit static check bench install uninstall clean
+.PHONY: all asan unit static check bench fuzz fuzz-run fuzz-long install uninstall clean

@@ -309,14 +309,33 @@ else
 fi
 
 # The cross builds under qemu-user-static, where their toolchains are
-# installed (tests/cross.sh says skip for the others).
-(timeout 170 tests/cross.sh >"$T/cross.out" 2>&1) &
+# installed (tests/cross.sh says skip for the others); then each fuzz
+# target for a few seconds, where clang has libFuzzer.
+(
+	timeout 170 tests/cross.sh
+	if printf 'int LLVMFuzzerTestOneInput(const char *d, long n)
+	    { return 0; }\n' | clang -fsanitize=fuzzer -x c -o "$T/fz" - \
+	    >/dev/null 2>&1; then
+		timeout 120 make -s fuzz >"$T/fuzz-build.log" 2>&1 ||
+		    echo "FAIL - make fuzz: $(tail -n 2 "$T/fuzz-build.log" | tr '\n' ' ')"
+		timeout 120 tests/fuzz/run.sh 3 request response frame-server \
+		    frame-client utf8 url pem
+	else
+		echo "skip - fuzz: no clang with libFuzzer"
+	fi
+) >"$T/cross.out" 2>&1 &
 CROSS=$!
 
 gather
 wait "$CROSS"
-grep -E '^(ok|FAIL|skip) - ' "$T/cross.out" | sed -E 's/^(ok|FAIL|skip) - /\1 - cross: /'
-add_counts "$T/cross.out" || nok "tests/cross.sh" "no summary line (timed out?)"
+grep -E '^(ok|FAIL|skip) - ' "$T/cross.out"
+# Two summary lines (cross.sh, run.sh): add both.
+grep -E '^[0-9]+ passed, [0-9]+ failed$' "$T/cross.out" >"$T/cross.sum"
+while read -r line; do
+	echo "$line" >"$T/one.sum"
+	add_counts "$T/one.sum"
+done <"$T/cross.sum"
+[ -s "$T/cross.sum" ] || nok "tests/cross.sh" "no summary line (timed out?)"
 
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]

@@ -45,6 +45,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -283,6 +284,7 @@ static void	 broadcast(struct route *, struct msg *);
 static int	 ca_add(struct ca_loader *);
 static void	 ca_dn(void *, const void *, size_t);
 static size_t	 ca_load(const char *);
+static long	 ca_parse(const unsigned char *, size_t);
 static void	 ca_push(void *, const void *, size_t);
 static void	 ca_setup(void);
 static void	 cat_deliver(struct msg *);
@@ -303,6 +305,7 @@ static short	 conn_events(struct conn *);
 static void	 conn_fail(struct conn *, int);
 static int	 conn_flush(struct conn *);
 static void	 conn_head(struct conn *, unsigned char *, size_t);
+static void	 conn_input(struct conn *, unsigned char *, size_t);
 static void	 conn_kill(struct conn *);
 static void	 conn_lost(struct conn *, const char *);
 static void	 conn_mark(struct conn *);
@@ -404,6 +407,7 @@ static int	 ws_head(struct conn *);
 static size_t	 ws_head_len(uint64_t);
 static size_t	 ws_head_need(const unsigned char *, unsigned);
 static size_t	 ws_head_write(unsigned char *, int, uint64_t);
+static void	 x509_feed(br_x509_decoder_context *, const void *, size_t);
 static void	 xi_append(const br_x509_class **, const unsigned char *,
 		    size_t);
 static void	 xi_end_cert(const br_x509_class **);
@@ -1491,7 +1495,20 @@ ca_push(void *ctx, const void *buf, size_t len)
 {
 	struct ca_loader *ld = ctx;
 
-	br_x509_decoder_push(&ld->dc, buf, len);
+	x509_feed(&ld->dc, buf, len);
+}
+
+/*
+ * Push bytes to an X.509 decoder that still wants them.  One that failed
+ * or finished must not be run again: it would execute past its end (a
+ * crash the PEM fuzz target found, reachable from a server's certificate
+ * with -k).
+ */
+static void
+x509_feed(br_x509_decoder_context *dc, const void *buf, size_t len)
+{
+	if (br_x509_decoder_last_error(dc) == BR_ERR_X509_TRUNCATED)
+		br_x509_decoder_push(dc, buf, len);
 }
 
 /* Turn the certificate just decoded into a trust anchor (one malloc). */
@@ -1577,27 +1594,25 @@ file_read(const char *path, size_t *len)
 	return buf;
 }
 
-/* Load every certificate of a PEM bundle as a trust anchor; returns how many. */
-static size_t
-ca_load(const char *path)
+/*
+ * Add every certificate of a PEM bundle in buf as a trust anchor.
+ * Returns how many, or -1 if buf is not PEM.
+ */
+static long
+ca_parse(const unsigned char *buf, size_t len)
 {
 	static struct ca_loader ld;
 	br_pem_decoder_context pc;
-	unsigned char *buf, *p;
-	size_t len, n, before = nanchors;
+	const unsigned char *p;
+	size_t n, before = nanchors;
 	const char *name;
 	int incert = 0, pass;
 
-	if ((buf = file_read(path, &len)) == NULL) {
-		fprintf(stderr, "wsfwd: CA bundle %s: %s; give a readable PEM "
-		    "bundle with --ca FILE\n", path, strerror(errno));
-		exit(2);
-	}
 	br_pem_decoder_init(&pc);
 	for (p = buf, pass = 0; pass < 2; pass++) {
 		/* A newline after the file ends a last line that has none. */
 		if (pass == 1)
-			p = (unsigned char *)"\n", len = 1;
+			p = (const unsigned char *)"\n", len = 1;
 		while (len > 0) {
 			n = br_pem_decoder_push(&pc, p, len);
 			p += n, len -= n;
@@ -1613,20 +1628,39 @@ ca_load(const char *path)
 				break;
 			case BR_PEM_END_OBJ:
 				if (incert && ca_add(&ld) < 0)
-					logmsg(L_DEBUG, "%s: skipped a certificate "
-					    "BearSSL cannot use", path);
+					logmsg(L_DEBUG, "skipped a certificate "
+					    "BearSSL cannot use");
 				incert = 0;
 				break;
 			case BR_PEM_ERROR:
-				fprintf(stderr, "wsfwd: %s is not a valid PEM "
-				    "file; give a PEM bundle with --ca FILE\n",
-				    path);
-				exit(2);
+				return -1;
 			}
 		}
 	}
+	return (long)(nanchors - before);
+}
+
+/* Load a PEM bundle file; returns how many anchors it gave. */
+static size_t
+ca_load(const char *path)
+{
+	unsigned char *buf;
+	size_t len;
+	long n;
+
+	if ((buf = file_read(path, &len)) == NULL) {
+		fprintf(stderr, "wsfwd: CA bundle %s: %s; give a readable PEM "
+		    "bundle with --ca FILE\n", path, strerror(errno));
+		exit(2);
+	}
+	n = ca_parse(buf, len);
 	free(buf);
-	return nanchors - before;
+	if (n < 0) {
+		fprintf(stderr, "wsfwd: %s is not a valid PEM file; give a PEM "
+		    "bundle with --ca FILE\n", path);
+		exit(2);
+	}
+	return (size_t)n;
 }
 
 /* Trust anchors: --ca, else the first system bundle that exists. */
@@ -1695,7 +1729,7 @@ xi_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
 	struct x509_insecure *xi = (struct x509_insecure *)(void *)ctx;
 
 	if (xi->ncert == 0)
-		br_x509_decoder_push(&xi->dc, buf, len);
+		x509_feed(&xi->dc, buf, len);
 }
 
 static void
@@ -2384,7 +2418,6 @@ conn_readable(struct conn *c)
 	unsigned char *buf = rbuf;
 	size_t cap, got = 0, budget = sizeof rbuf;
 	ssize_t n;
-	int code;
 
 	if (c->kind == CONN_UPSTREAM)
 		budget = MAX(MIN(opt.max_queue / PACE_DIV,
@@ -2400,20 +2433,29 @@ conn_readable(struct conn *c)
 		}
 		c->last_rx = now;
 		got += (size_t)n;
-		switch (c->state) {
-		case CONN_HANDSHAKE:
-			conn_head(c, buf, (size_t)n);
-			break;
-		case CONN_OPEN:
-		case CONN_CLOSING:
-			if ((code = ws_feed(c, buf, (size_t)n)) != 0)
-				conn_fail(c, code);
-			break;
-		default:
-			break;		/* draining: discard */
-		}
+		conn_input(c, buf, (size_t)n);
 		if ((size_t)n < cap)
 			return;
+	}
+}
+
+/* n bytes that came in, to the parser of c's state. */
+static void
+conn_input(struct conn *c, unsigned char *buf, size_t n)
+{
+	int code;
+
+	switch (c->state) {
+	case CONN_HANDSHAKE:
+		conn_head(c, buf, n);
+		break;
+	case CONN_OPEN:
+	case CONN_CLOSING:
+		if ((code = ws_feed(c, buf, n)) != 0)
+			conn_fail(c, code);
+		break;
+	default:
+		break;		/* draining: discard */
 	}
 }
 
@@ -3070,7 +3112,8 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 	u->up_since = now;
 	u->deadline = 0;
 	u->delivered = 0;
-	freeaddrinfo(u->ai);
+	if (u->ai != NULL)
+		freeaddrinfo(u->ai);
 	u->ai = u->next_ai = NULL;
 	logmsg(u->cat ? L_DEBUG : L_INFO, "upstream %s: connected to %s (%s)",
 	    u->route->path, u->url->text, c->peer);
@@ -4023,6 +4066,7 @@ __memset_chk(void *d, int c, size_t n, size_t dn)
 static int	 test_main(void);
 #endif
 
+#ifndef WSFWD_FUZZ
 int
 main(int argc, char **argv)
 {
@@ -4035,6 +4079,187 @@ main(int argc, char **argv)
 	loop();
 	return exit_status;
 }
+#endif /* !WSFWD_FUZZ */
+
+/* ==== Fuzz targets (make fuzz) ==== */
+
+#ifdef WSFWD_FUZZ
+/*
+ * libFuzzer entry point; WSFWD_FUZZ picks the target.  Stream targets
+ * feed the input in chunks whose sizes come from its first byte, so the
+ * incremental parsers meet every kind of split, through conn_input(), the
+ * function a read hands its bytes to: no socket is involved (fd -1).
+ */
+enum {
+	FUZZ_REQUEST = 1, FUZZ_RESPONSE, FUZZ_FRAME_SERVER, FUZZ_FRAME_CLIENT,
+	FUZZ_UTF8, FUZZ_URL, FUZZ_PEM
+};
+
+int	LLVMFuzzerTestOneInput(const uint8_t *, size_t);
+
+static struct route	 fuzz_route;
+static struct upstream	 fuzz_up;
+static struct url	 fuzz_url;
+
+static struct conn *
+fuzz_conn(int kind, int state)
+{
+	struct conn *c;
+
+	if ((c = calloc(1, sizeof *c)) == NULL)
+		abort();
+	c->fd = -1, c->kind = (unsigned char)kind;
+	c->state = (unsigned char)state;
+	c->route = &fuzz_route;
+	if (kind == CONN_UPSTREAM) {
+		c->up = &fuzz_up;
+		fuzz_up.c = c;
+	} else
+		nclient_conns++;
+	return c;
+}
+
+static void
+fuzz_free(struct conn *c)
+{
+	conn_kill(c);
+	free(c);
+}
+
+/* Feed data to c in chunks sized by a generator seeded with its first byte. */
+static void
+fuzz_chunks(struct conn *c, const uint8_t *data, size_t size)
+{
+	uint32_t seed;
+	size_t k;
+
+	if (size == 0)
+		return;
+	seed = data[0], data++, size--;
+	while (size > 0 && c->state != CONN_DEAD) {
+		seed = seed * 1103515245u + 12345u;
+		k = seed >> 31 ? size : 1 + (seed >> 16) % 97;
+		k = MIN(MIN(k, size), sizeof rbuf);
+		memcpy(rbuf, data, k);
+		conn_input(c, rbuf, k);
+		data += k, size -= k;
+	}
+}
+
+/* An independent UTF-8 check, one code point at a time (RFC 3629). */
+static int
+fuzz_utf8_ref(const uint8_t *p, size_t n)
+{
+	size_t i = 0, len, j;
+	uint32_t cp;
+
+	while (i < n) {
+		if (p[i] < 0x80) {
+			i++;
+			continue;
+		}
+		if ((p[i] & 0xE0) == 0xC0)
+			len = 2, cp = p[i] & 0x1F;
+		else if ((p[i] & 0xF0) == 0xE0)
+			len = 3, cp = p[i] & 0x0F;
+		else if ((p[i] & 0xF8) == 0xF0)
+			len = 4, cp = p[i] & 0x07;
+		else
+			return 0;
+		if (i + len > n)
+			return 0;
+		for (j = 1; j < len; j++) {
+			if ((p[i + j] & 0xC0) != 0x80)
+				return 0;
+			cp = cp << 6 | (p[i + j] & 0x3F);
+		}
+		if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
+		    (len == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+		    (cp >= 0xD800 && cp <= 0xDFFF))
+			return 0;
+		i += len;
+	}
+	return 1;
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static char text[4096];
+	struct conn *c, *cl;
+	struct url u;
+	uint32_t st = 0;
+	char err[128];
+	size_t cut;
+	int ok;
+
+	if (fuzz_route.path == NULL) {
+		opt.verbosity = -1;	/* quiet */
+		opt.max_message = 1 << 20, opt.max_queue = 1 << 20;
+		opt.ping_ms = 30000;
+		fuzz_route.path = "/a";
+		fuzz_route.url.text = "ws://fuzz/a";
+		fuzz_up.route = &fuzz_route, fuzz_up.url = &fuzz_url;
+		fuzz_url.text = "ws://fuzz/a";
+		routes = &fuzz_route, nroutes = 1;
+	}
+	now = now_ms();
+	switch (WSFWD_FUZZ) {
+	case FUZZ_REQUEST:
+	case FUZZ_FRAME_SERVER:
+		c = fuzz_conn(CONN_CLIENT, WSFWD_FUZZ == FUZZ_REQUEST ?
+		    CONN_HANDSHAKE : CONN_OPEN);
+		fuzz_chunks(c, data, size);
+		fuzz_free(c);
+		break;
+	case FUZZ_RESPONSE:
+	case FUZZ_FRAME_CLIENT:
+		/* The accept value of the RFC 6455 sample key, for the seeds. */
+		memcpy(fuzz_up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", 29);
+		cl = fuzz_conn(CONN_CLIENT, CONN_OPEN);
+		cl->joined = 1, fuzz_route.clients = cl, fuzz_route.nclients = 1;
+		nclients_open++;
+		c = fuzz_conn(CONN_UPSTREAM, WSFWD_FUZZ == FUZZ_RESPONSE ?
+		    CONN_HANDSHAKE : CONN_OPEN);
+		fuzz_chunks(c, data, size);
+		batch_flush(&fuzz_route);
+		fuzz_free(c);
+		fuzz_free(cl);
+		memset(&fuzz_up.c, 0, sizeof fuzz_up - offsetof(struct upstream,
+		    c));
+		break;
+	case FUZZ_UTF8:
+		ok = fuzz_utf8_ref(data, size);
+		cut = size > 0 ? data[0] % (size + 1) : 0;
+		if (utf8_check(&st, data, cut) < 0 ||
+		    utf8_check(&st, data + cut, size - cut) < 0 ||
+		    (st & 0xff) != 0)
+			st = 1;
+		else
+			st = 0;
+		if (ok != (st == 0))
+			abort();	/* the two validators disagree */
+		break;
+	case FUZZ_URL:
+		cut = MIN(size, sizeof text - 1);
+		memcpy(text, data, cut);
+		text[cut] = '\0';
+		if (url_parse(&u, text, err, sizeof err) == 0) {
+			if (strlen(u.target) == 0 || u.target[0] != '/')
+				abort();
+			free(u.target), free(u.text);
+		}
+		break;
+	case FUZZ_PEM:
+		ca_parse(data, size);
+		while (nanchors > 0)
+			free(anchors[--nanchors].dn.data);
+		break;
+	}
+	dirty = NULL;
+	return 0;
+}
+#endif /* WSFWD_FUZZ */
 
 /* ==== Known-answer tests (make unit) ==== */
 
