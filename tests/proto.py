@@ -643,6 +643,52 @@ def t_us_fragmented_with_ping():
 
 
 @test
+def t_us_differential_random_streams():
+    # An independent encoder (this one) builds random valid frame streams:
+    # text and binary messages of every length encoding, fragmented at random
+    # (through UTF-8 sequences too), pings between fragments, the whole sent
+    # in random-sized chunks.  The client must get exactly the messages meant,
+    # in order, and the origin a masked pong for every ping, in order.
+    rnd = random.Random(6455)
+    up, w, ws, u = upstream_setup()
+    lengths = [0, 1, 124, 125, 126, 127, 65535, 65536, 70000]
+    msgs, stream, pings = [], bytearray(), []
+    for i in range(300):
+        n = rnd.choice(lengths) if rnd.random() < 0.15 else rnd.randrange(0, 600)
+        if rnd.random() < 0.5:
+            text = "".join(rnd.choice("aZ9 éλ€😀") for _ in range(n // 3 + 1))
+            op, payload = OP_TEXT, text.encode()
+        else:
+            op, payload = OP_BIN, bytes(rnd.randrange(256) for _ in range(n))
+        msgs.append((op, payload))
+        cuts = sorted(rnd.sample(range(len(payload) + 1), min(rnd.randrange(4),
+                                                              len(payload) + 1)))
+        parts = [payload[a:b] for a, b in zip([0] + cuts, cuts + [len(payload)])]
+        for j, part in enumerate(parts):
+            stream += encode_frame(op if j == 0 else OP_CONT, part,
+                                   fin=j == len(parts) - 1, mask=False)
+            if j < len(parts) - 1 and rnd.random() < 0.3:
+                p = bytes(rnd.randrange(256) for _ in range(rnd.randrange(126)))
+                pings.append(p)
+                stream += encode_frame(OP_PING, p, mask=False)
+    check(len(pings) > 20 and len(stream) > 300000, "the generator made %d pings, %d bytes"
+          % (len(pings), len(stream)))
+    off = 0
+    while off < len(stream):
+        k = rnd.choice([1, 2, 7, 100, 1500, 4096, 65536])
+        u.send_raw(bytes(stream[off:off + k]))
+        off += k
+    for i, (op, payload) in enumerate(msgs):
+        try:
+            ws.expect_msg(op, payload)
+        except TestFail as e:
+            fail("message %d of %d: %s" % (i, len(msgs), e))
+    for i, p in enumerate(pings):
+        f = u.recv_frame()          # UpConn checks that it is masked
+        eq((f.opcode, f.payload), (OP_PONG, p), "pong %d of %d" % (i, len(pings)))
+
+
+@test
 def t_us_frames_with_101():
     up = FakeUpstream()
     w = start_server("/b=" + up.url(), stdin=False)
