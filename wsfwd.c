@@ -77,9 +77,7 @@
 #define BATCH_CAP		65536	/* a turn's small messages share a buffer */
 #define BATCH_SMALL		16384	/* larger ones travel in their own */
 #define REUSE_MAX		65536	/* keep a reassembly buffer this small */
-#define PACE_DIV		8	/* behind: --max-queue / PACE_DIV unsent; also
-					   a source's reads per turn and a client's
-					   kernel send buffer */
+#define PACE_DIV		8	/* the pacing unit, see pace_bytes() */
 #define ACCEPT_BATCH		64	/* accepts per listener readiness */
 #define LINE_MAX_DEFAULT	(16u << 20)
 #define MAX_QUEUE_DEFAULT	(1u << 20)
@@ -343,6 +341,7 @@ static void	 msg_unref(struct msg *);
 static int64_t	 now_ms(void);
 static void	 on_signal(int);
 static void	 options_parse(int, char **);
+static size_t	 pace_bytes(void);
 static int	 parse_size(const char *, size_t *);
 static int	 parse_uint(const char *, unsigned long, unsigned long *);
 static int64_t	 ping_next(void);
@@ -560,6 +559,17 @@ ping_next(void)
 	int64_t t = now + opt.ping_ms, g = MIN(1000, opt.ping_ms / 4);
 
 	return g > 0 ? t + (g - t % g) % g : t;
+}
+
+/*
+ * The pacing unit, an eighth of --max-queue: a client with this much unsent
+ * is behind, a source is read by at most this much a turn, and a client's
+ * kernel send buffer holds this much.
+ */
+static size_t
+pace_bytes(void)
+{
+	return MAX(opt.max_queue / PACE_DIV, 1);
 }
 
 /* Note a connection deadline, so that the timer scan will not skip it. */
@@ -2249,8 +2259,9 @@ conn_send_ctl(struct conn *c, int op, const void *p, size_t n)
 /*
  * Send a close frame (code 0: empty body).  Urgent: the peer broke the
  * protocol or closed first, so pending data is dropped and we go straight
- * to draining.  Otherwise the close follows the data and we wait for the
- * peer's answer.
+ * to draining; an upstream's close goes out at once, as the connection is
+ * about to be dropped.  Otherwise the close follows the data and we wait
+ * for the peer's answer.
  */
 static void
 conn_send_close(struct conn *c, unsigned code, int urgent)
@@ -2267,6 +2278,8 @@ conn_send_close(struct conn *c, unsigned code, int urgent)
 	c->close_code = code;
 	c->state = urgent ? CONN_DRAIN : CONN_CLOSING;
 	c->deadline = timer_at(now + CLOSE_TIMEOUT_MS);
+	if (urgent && c->kind == CONN_UPSTREAM)
+		conn_flush(c);		/* best effort */
 }
 
 /* Flush what is queued, send FIN, wait for the peer's FIN (bounded). */
@@ -2300,8 +2313,6 @@ conn_fail(struct conn *c, int code)
 	snprintf(why, sizeof why, "protocol error, sent close %d", code);
 	if (c->kind == CONN_UPSTREAM) {
 		conn_send_close(c, (unsigned)code, 1);
-		if (c->state != CONN_DEAD)
-			conn_flush(c);
 		upstream_fail(c->up, "%s", why);
 		return;
 	}
@@ -2347,8 +2358,6 @@ conn_closed_by_peer(struct conn *c, unsigned code)
 		return;
 	}
 	conn_send_close(c, code, 1);
-	if (c->state != CONN_DEAD)
-		conn_flush(c);
 	if (c->up->cat) {
 		if (code != CLOSE_NORMAL)
 			logmsg(L_ERR, "%s: server sent %s", c->up->url->text, why);
@@ -2420,8 +2429,8 @@ conn_readable(struct conn *c)
 	ssize_t n;
 
 	if (c->kind == CONN_UPSTREAM)
-		budget = MAX(MIN(opt.max_queue / PACE_DIV,
-		    (size_t)READS_PER_EVENT * sizeof rbuf), 1);
+		budget = MIN(pace_bytes(),
+		    (size_t)READS_PER_EVENT * sizeof rbuf);
 	while (got < budget && c->state != CONN_DEAD) {
 		cap = MIN(sizeof rbuf, budget - got);
 		if ((n = conn_read(c, buf, cap)) == -2)
@@ -2875,7 +2884,7 @@ accept_one(void)
 	 * A kernel buffer that autotunes to megabytes would hide how far
 	 * behind a client is; bounded by --max-queue, the queue tells.
 	 */
-	sndbuf = (int)MIN(opt.max_queue / PACE_DIV, (size_t)INT_MAX);
+	sndbuf = (int)MIN(pace_bytes(), (size_t)INT_MAX);
 	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
 	addr_format((struct sockaddr *)&ss, c->peer, sizeof c->peer);
 	c->deadline = timer_at(now + HANDSHAKE_TIMEOUT_MS);
@@ -3268,7 +3277,7 @@ route_find(const char *path, size_t n)
 static void
 routes_ready(void)
 {
-	size_t i, high = MAX(opt.max_queue / PACE_DIV, 1);
+	size_t i, high = pace_bytes();
 
 	for (i = 0; i < nroutes; i++)
 		routes[i].nready = 0;
@@ -3370,8 +3379,7 @@ stdin_read(struct route *r)
 	ssize_t n;
 
 	/* As for an upstream: no more than the clients may fall behind by. */
-	n = read(STDIN_FILENO, rbuf,
-	    MAX(MIN(sizeof rbuf, opt.max_queue / PACE_DIV), 1));
+	n = read(STDIN_FILENO, rbuf, MIN(sizeof rbuf, pace_bytes()));
 	if (n < 0 && (errno == EINTR || errno == EAGAIN))
 		return;
 	if (n < 0)
