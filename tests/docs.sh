@@ -123,19 +123,18 @@ in_readme() {	# in_readme OPT: the literal option, not part of a longer word
 	grep -qE -- "(^|[^A-Za-z0-9-])$1([^A-Za-z0-9-]|\$)" "$readme"
 }
 
-why=
-while read -r o; do
-	documented "$o" || why="${why:+$why, }$o"
-done <"$tmp/help.opts"
-check "every option in --help has an entry (.It Fl) in $(basename "$man")" \
-    "${why:+missing: $why}"
+missing() {	# missing TEST: the --help options for which TEST fails
+	local o why=
+	while read -r o; do
+		"$1" "$o" || why="${why:+$why, }$o"
+	done <"$tmp/help.opts"
+	echo "${why:+missing: $why}"
+}
 
-why=
-while read -r o; do
-	in_readme "$o" || why="${why:+$why, }$o"
-done <"$tmp/help.opts"
+check "every option in --help has an entry (.It Fl) in $(basename "$man")" \
+    "$(missing documented)"
 check "every option in --help appears in $(basename "$readme")" \
-    "${why:+missing: $why}"
+    "$(missing in_readme)"
 
 # The other way: the page names nothing --help does not list.  (This also
 # catches a misspelt long option that getopt_long would take as an

@@ -1290,16 +1290,20 @@ def t_ping_answered_kept():
 
 # ---------------------------------------------------------------- signals
 
-@test
-def t_sigterm_close_1001():
+def signal_close_1001(sig, limit):
+    """sig: both clients get close 1001, wsfwd exits 0 within limit seconds."""
     w = start_server("/a=-")
     a, b = client(w), client(w)
     t0 = time.monotonic()
-    w.proc.send_signal(signal.SIGTERM)
+    w.proc.send_signal(sig)
     for ws in (a, b):
         ws.expect_close(1001, timeout=2, reply=True)
-    eq(w.wait_exit(2), 0, "exit status after SIGTERM")
-    check(time.monotonic() - t0 <= 2.5, "exit took %.1f s" % (time.monotonic() - t0))
+    eq(w.wait_exit(2), 0, "exit status after %s" % sig.name)
+    check(time.monotonic() - t0 <= limit, "exit took %.1f s" % (time.monotonic() - t0))
+
+
+for _sig, _limit in ((signal.SIGTERM, 2.5), (signal.SIGINT, 2.0)):
+    add("%s_close_1001" % _sig.name.lower(), signal_close_1001, _sig, _limit)
 
 
 @test
@@ -1311,18 +1315,6 @@ def t_sigterm_unresponsive_client():
     f = ws.recv_frame(2)
     eq(f.code, 1001, "close code on SIGTERM (%r)" % f)
     eq(w.wait_exit(3), 0, "exit status after SIGTERM")
-
-
-@test
-def t_sigint_close_1001():
-    w = start_server("/a=-")
-    a, b = client(w), client(w)
-    t0 = time.monotonic()
-    w.proc.send_signal(signal.SIGINT)
-    for ws in (a, b):
-        ws.expect_close(1001, timeout=2, reply=True)
-    eq(w.wait_exit(2), 0, "exit status after SIGINT")
-    check(time.monotonic() - t0 <= 2.0, "exit took %.1f s" % (time.monotonic() - t0))
 
 
 # ---------------------------------------------------------------- descriptors

@@ -509,10 +509,12 @@ def t_unknown_issuer():
     o.check_clean()
 
 
-def connected(o, *opts):
-    """wsfwd with route /a to origin o, once the upstream is up: (w, port, up)."""
-    w, port = route(["/a=" + o.url()], *opts)
-    w.wait_log("upstream /a: connected to %s (" % o.url())
+def connected(o, *opts, url=None):
+    """wsfwd with route /a to origin o (at url), once the upstream is up:
+    (w, port, up)."""
+    url = url or o.url()
+    w, port = route(["/a=" + url], *opts)
+    w.wait_log("upstream /a: connected to %s (" % url)
     return w, port, o.wait_conn(0)
 
 
@@ -538,10 +540,8 @@ def t_expired():
 @test("-k with the mismatched leaf: warning, messages flow")
 def t_insecure():
     o = TlsOrigin("other")
-    w, port = route(["/a=" + o.url()], "-k")
+    w, port, up = connected(o, "-k")
     check("NOT verified" in w.log(), "no 'NOT verified' warning on stderr")
-    w.wait_log("upstream /a: connected to %s (" % o.url())
-    up = o.wait_conn(0)
     eq(up.sni, "localhost", "SNI with -k and a host name")
     c = WS.open(port, "/a")
     w.wait_client(c)
@@ -568,10 +568,8 @@ def t_ip_literal():
     time.sleep(0.1)
     eq(o.accepts, 0, "TCP connections to the origin without -k")
 
-    w, port = route(["/a=" + url], "-k")
+    w, port, up = connected(o, "-k", url=url)
     check("NOT verified" in w.log(), "no 'NOT verified' warning on stderr")
-    w.wait_log("upstream /a: connected to %s (" % url)
-    up = o.wait_conn(0)
     eq(up.sni, None, "SNI for an IP literal")
     c = WS.open(port, "/a")
     w.wait_client(c)
