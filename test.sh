@@ -170,7 +170,9 @@ cat_dead() {
 # pysuite NAME BIN TAG: tests/NAME.py against BIN, its wsfwd logs under
 # $T/TAG/NAME.  proto.py: raw-socket clients and a fake origin; tls.py: a
 # TLS origin in Python's ssl with certificates made by openssl; tree.py: a
-# root and two edges, and nginx's stream proxy in front where installed.
+# root and two edges, and nginx's stream proxy in front where installed;
+# routing.py: prefix routes, --send, --replay, --rotate, --tunnel, access
+# control and --stats.
 pysuite() {
 	local out=$T/$3/$1
 	mkdir -p "$out"
@@ -211,6 +213,7 @@ suite() {
 		pysuite proto "$1" "$2"
 		pysuite tls "$1" "$2"
 		pysuite tree "$1" "$2"
+		pysuite routing "$1" "$2"
 		sanitizer_logs "$2"
 		echo "$PASS passed, $FAIL failed"
 	) >"$T/$2.out" 2>&1 &

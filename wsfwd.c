@@ -84,6 +84,12 @@
 #define SIZE_LIMIT		((size_t)1 << 30)	/* no sane message is larger */
 #define CA_FILE_MAX		((size_t)16 << 20)	/* a CA bundle is ~200 KB */
 #define PING_DEFAULT_S		30
+#define LINGER_DEFAULT_S	10	/* a reconnecting browser finds its feed */
+#define MAX_UPSTREAMS_DEFAULT	256	/* per prefix route */
+#define REPLAY_MAX		100000
+#define IPTAB_SIZE		1024	/* buckets of --max-per-ip counts */
+#define HOST_BURST		10	/* connection attempts to one host... */
+#define HOST_INTERVAL_MS	1050	/* ...then one per this: < 300 in 5 min */
 #define DEFAULT_ADDR		"127.0.0.1"
 #define DEFAULT_PORT		"19443"
 #define WS_GUID			"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -112,7 +118,7 @@ enum ws_op {
 
 enum ws_close {
 	CLOSE_NORMAL = 1000, CLOSE_GOING_AWAY = 1001, CLOSE_PROTOCOL = 1002,
-	CLOSE_BAD_DATA = 1007, CLOSE_TOO_BIG = 1009
+	CLOSE_BAD_DATA = 1007, CLOSE_TOO_BIG = 1009, CLOSE_BAD_GATEWAY = 1014
 };
 
 enum dec_stage { DEC_HEAD, DEC_PAYLOAD };
@@ -177,6 +183,13 @@ struct tls {
 	unsigned char		 buf[BR_SSL_BUFSIZE_BIDI];
 };
 
+/* Client connections from one address (--max-per-ip). */
+struct ipcount {
+	struct ipcount	*next;
+	unsigned	 n;
+	char		 addr[48];
+};
+
 struct conn {
 	int		 fd;
 	unsigned char	 kind, state, shut, dirty, joined, pending;
@@ -193,6 +206,7 @@ struct conn {
 	struct queue	 q;
 	struct wsdec	 d;
 	struct tls	*tls;		/* NULL: plain TCP */
+	struct ipcount	*ip;		/* --max-per-ip: its address's count */
 	char		 peer[56];	/* "[v6addr]:port" */
 };
 
@@ -212,6 +226,16 @@ struct dnsreq {
 	int		 err;
 };
 
+/*
+ * Connection attempts to one host:port, all routes together, are paced
+ * (GCRA): a burst of HOST_BURST, then one per HOST_INTERVAL_MS.
+ */
+struct host {
+	struct host	*next;
+	char		 name[262];	/* host:port */
+	int64_t		 tat;		/* theoretical arrival time */
+};
+
 struct upstream {
 	struct route	*route;
 	struct url	*url;
@@ -228,10 +252,24 @@ struct upstream {
 	char		 why[160];	/* last connect error */
 };
 
+/*
+ * A route as configured, and a feed: a source with its clients.  A fixed
+ * route is both.  A prefix route (PATH ending in *) is configuration only:
+ * each full path its clients ask for gets a feed of its own, an instance,
+ * made on demand and retired a --linger after its last client left.
+ */
 struct route {
-	char		*path;
+	char		*path;		/* instance: path?query as asked */
 	struct url	 url;
-	int		 is_stdin, done;
+	struct route	*parent;	/* instance: its prefix route */
+	struct route	*inst, *inext;	/* prefix route: its instances */
+	struct route	*lnext, *lprev;	/* the feeds: every live source */
+	struct host	*host;
+	int		 is_stdin, done, prefix;
+	unsigned	 ninst;		/* prefix route: instances */
+	int64_t		 linger_at;	/* instance left empty: retire then */
+	char		**send;		/* --send: texts for each new upstream */
+	size_t		*sendlen, nsend;
 	unsigned char	*line;		/* stdin: a partial line */
 	size_t		 linelen, linecap;
 	unsigned long	 lineno;
@@ -240,6 +278,8 @@ struct route {
 	unsigned	 nclients;
 	unsigned	 nready;	/* clients not behind, this turn */
 	struct msg	*batch;		/* this turn's messages, framed */
+	struct msg	**ring;		/* --replay: the last messages */
+	unsigned	 ringhead, ringn;
 };
 
 struct http {
@@ -261,6 +301,17 @@ struct options {
 	const char	*ca;		/* --ca FILE */
 	int		 insecure;	/* -k */
 	const char	*syslog;	/* --syslog[=SOCKET]: its path */
+	int		 linger_ms;
+	unsigned	 max_upstreams;	/* per prefix route */
+	unsigned	 replay;	/* messages a new client gets first */
+	int		 rotate_ms;	/* 0: off */
+	int		 tunnel;
+	unsigned	 client_rate;	/* tunnel: messages per second; 0: off */
+	const char	**origins;	/* --origin */
+	size_t		 norigins;
+	const char	*token;
+	unsigned	 max_per_ip;	/* 0: no limit */
+	const char	*stats;		/* --stats PATH */
 };
 
 struct sha1 {
@@ -286,6 +337,8 @@ static long	 ca_parse(const unsigned char *, size_t);
 static void	 ca_push(void *, const void *, size_t);
 static void	 ca_setup(void);
 static void	 cat_deliver(struct msg *);
+static int	 client_allowed(struct conn *, struct http *, int,
+		    const char **);
 static int	 client_check(struct conn *, struct http *, const char **,
 		    const char **);
 static void	 client_head(struct conn *, char *, size_t, unsigned char *,
@@ -319,15 +372,22 @@ static void	 die(const char *, ...)
 		    __attribute__((noreturn));
 static void	 dns_done(void);
 static void	*dns_thread(void *);
+static void	 feed_link(struct route *);
+static void	 feed_unlink(struct route *);
 static unsigned char	*file_read(const char *, size_t *);
 static void	 flush_dirty(void);
+static struct host	*host_get(const struct url *);
 static int	 host_is_ip(const char *);
+static int64_t	 host_wait(struct host *);
 static int	 http_has_token(const char *, const char *);
 static size_t	 http_head_end(const char *, size_t, size_t);
 static const char	*http_header(struct http *, const char *, int *);
 static char	*http_line(char **);
 static int	 http_parse(char *, size_t, struct http *, int);
 static int	 http_parse_lines(char *, size_t, struct http *, int);
+static struct ipcount *	*ip_bucket(const char *, size_t);
+static struct ipcount	*ip_count(const char *);
+static void	 ip_release(struct ipcount *);
 static void	 listen_parse(char *);
 static void	 listen_setup(void);
 static const char	*log_clean(const unsigned char *, size_t);
@@ -352,12 +412,20 @@ static size_t	 queue_peek(struct queue *, unsigned char *, size_t);
 static int	 queue_push(struct queue *, struct msg *, int);
 static void	 rand_bytes(void *, size_t);
 static unsigned	 rand_u32(void);
-static void	 route_add(char *);
+static void	 route_add(char *, char **, size_t *, size_t);
 static int	 route_behind(struct route *);
 static void	 route_end(struct route *);
 static struct route	*route_find(const char *, size_t);
+static struct route	*route_instance(struct route *, const char *, int *,
+		    const char **);
+static void	 route_keep(struct route *, struct msg *);
+static void	 route_refused(struct route *, const char *);
+static void	 route_replay(struct route *, struct conn *);
+static int	 route_rest_ok(const char *);
+static void	 route_retire(struct route *);
 static void	 route_send(struct route *, struct msg *);
 static void	 routes_ready(void);
+static void	 send_parse(const char *, char **, size_t *);
 static int	 set_nonblock(int);
 static void	 setup(void);
 static void	 sha1_block(uint32_t[5], const unsigned char *);
@@ -371,6 +439,7 @@ static void	 stdin_keep(struct route *, const unsigned char *, size_t);
 static void	 stdin_line(struct route *, const unsigned char *, size_t);
 static void	 stdin_read(struct route *);
 static int	 syslog_open(void);
+static void	 target_strip(const char *, char *, int *);
 static int64_t	 timer_at(int64_t);
 static int64_t	 timers(void);
 static const char	*tls_alert(int);
@@ -382,12 +451,15 @@ static int	 tls_pump(struct conn *);
 static ssize_t	 tls_read(struct conn *, unsigned char *, size_t);
 static int	 tls_start(struct conn *, const struct url *);
 static void	 tls_why(struct tls *, int);
+static int	 token_eq(const char *, size_t);
 static const char	*upstream_check(struct upstream *, struct http *);
 static void	 upstream_connect_done(struct conn *, int);
 static void	 upstream_deliver(struct upstream *, struct msg *);
 static void	 upstream_fail(struct upstream *, const char *, ...);
-static void	 upstream_head(struct conn *, char *, size_t,
-		    unsigned char *, size_t);
+static void	 upstream_free(struct upstream *);
+static void	 upstream_head(struct conn *, char *, size_t, unsigned char *,
+		    size_t);
+static int	 upstream_new(struct route *);
 static void	 upstream_start(struct upstream *);
 static int64_t	 upstream_timers(struct upstream *);
 static void	 upstream_try(struct upstream *);
@@ -419,8 +491,11 @@ static void	 xi_start_chain(const br_x509_class **, const char *);
 /* ==== Globals ==== */
 
 static struct options	 opt;		/* written once, by options_parse() */
-static struct route	*routes;
+static struct route	*routes;	/* as configured */
 static size_t		 nroutes;
+static struct route	*feeds;		/* every live source, instances too */
+static struct host	*hosts;
+static struct ipcount	*iptab[IPTAB_SIZE];	/* --max-per-ip */
 static struct route	*stdin_route;
 static struct conn	**conns;	/* every live connection, in poll order */
 static size_t		 nconns, capconns;
@@ -2152,6 +2227,9 @@ conn_kill(struct conn *c)
 		c->up->c = NULL;
 	if (c->kind == CONN_CLIENT)
 		nclient_conns--;
+	if (c->ip != NULL)
+		ip_release(c->ip);
+	c->ip = NULL;
 	c->state = CONN_DEAD;
 }
 
@@ -2313,7 +2391,8 @@ conn_fail(struct conn *c, int code)
 	snprintf(why, sizeof why, "protocol error, sent close %d", code);
 	if (c->kind == CONN_UPSTREAM) {
 		conn_send_close(c, (unsigned)code, 1);
-		upstream_fail(c->up, "%s", why);
+		if (c->up != NULL)
+			upstream_fail(c->up, "%s", why);
 		return;
 	}
 	client_leave(c, why);
@@ -2358,6 +2437,8 @@ conn_closed_by_peer(struct conn *c, unsigned code)
 		return;
 	}
 	conn_send_close(c, code, 1);
+	if (c->up == NULL)
+		return;
 	if (c->up->cat) {
 		if (code != CLOSE_NORMAL)
 			logmsg(L_ERR, "%s: server sent %s", c->up->url->text, why);
@@ -2640,8 +2721,11 @@ client_unlink(struct conn *c)
 		c->next->prev = c->prev;
 	c->next = c->prev = NULL;
 	c->joined = 0;
+	c->route = NULL;
 	r->nclients--;
 	nclients_open--;
+	if (r->nclients == 0 && r->parent != NULL)
+		r->linger_at = now + opt.linger_ms;
 }
 
 /* Refuse an upgrade with an HTTP status, then close. */
@@ -2653,12 +2737,18 @@ client_reject(struct conn *c, int status, const char *why)
 	int n;
 
 	switch (status) {
+	case 401:
+		text = "Unauthorized";
+		extra = "WWW-Authenticate: Bearer\r\n";
+		break;
+	case 403: text = "Forbidden"; break;
 	case 404: text = "Not Found"; break;
 	case 405: text = "Method Not Allowed"; extra = "Allow: GET\r\n"; break;
 	case 426:
 		text = "Upgrade Required";
 		extra = "Sec-WebSocket-Version: 13\r\n";
 		break;
+	case 502: text = "Bad Gateway"; break;
 	case 503: text = "Service Unavailable"; break;
 	default: status = 400, text = "Bad Request"; break;
 	}
@@ -2674,25 +2764,99 @@ client_reject(struct conn *c, int status, const char *why)
 		conn_drain(c);
 }
 
+/* Is the presented secret s[0..n) --token?  In time independent of where they differ. */
+static int
+token_eq(const char *s, size_t n)
+{
+	size_t k = strlen(opt.token), i;
+	unsigned char d = n != k;
+
+	for (i = 0; i < n; i++)
+		d |= (unsigned char)(s[i] ^ opt.token[i % k]);
+	return d == 0;
+}
+
+/*
+ * Copy a request target to out without its token= parameters: the token
+ * is never passed on.  *auth is set when one of them is --token.
+ */
+static void
+target_strip(const char *t, char *out, int *auth)
+{
+	const char *p = strchr(t, '?'), *e;
+	char *o = out, sep = '?';
+	size_t n = p != NULL ? (size_t)(p - t) : strlen(t);
+
+	memcpy(o, t, n);
+	o += n;
+	for (; p != NULL && *p != '\0'; p = e) {
+		p++;
+		e = p + strcspn(p, "&");
+		if (e - p >= 6 && memcmp(p, "token=", 6) == 0) {
+			if (opt.token != NULL && token_eq(p + 6,
+			    (size_t)(e - p - 6)))
+				*auth = 1;
+			continue;
+		}
+		*o++ = sep;
+		sep = '&';
+		memcpy(o, p, (size_t)(e - p));
+		o += e - p;
+	}
+	*o = '\0';
+}
+
+/* Access control: --origin (403), --token (401), --max-per-ip (503). */
+static int
+client_allowed(struct conn *c, struct http *m, int auth, const char **why)
+{
+	const char *v;
+	size_t i;
+	int n;
+
+	if (opt.norigins > 0) {
+		*why = "Origin not allowed";
+		if ((v = http_header(m, "Origin", &n)) == NULL || n != 1)
+			return 403;
+		for (i = 0; i < opt.norigins; i++)
+			if (strcasecmp(v, opt.origins[i]) == 0)
+				break;
+		if (i == opt.norigins)
+			return 403;
+	}
+	if (opt.token != NULL && !auth) {
+		*why = "no valid token";
+		if ((v = http_header(m, "Authorization", &n)) == NULL ||
+		    n != 1 || strncasecmp(v, "Bearer ", 7) != 0 ||
+		    !token_eq(v + 7, strlen(v + 7)))
+			return 401;
+	}
+	*why = "--max-per-ip reached";
+	if (c->ip != NULL && c->ip->n > opt.max_per_ip)
+		return 503;
+	return 0;
+}
+
 /* Check an upgrade request (RFC 6455 4.2.1); returns 101 or an HTTP status. */
 static int
 client_check(struct conn *c, struct http *m, const char **key,
     const char **why)
 {
+	struct route *conf;
 	const char *v;
-	size_t plen;
+	char path[HEADER_MAX];
 	unsigned char raw[18];
-	int n;
+	int n, auth = 0, status;
 
 	*why = "not GET";
 	if (strcmp(m->method, "GET") != 0)
 		return 405;
 	*why = "not HTTP/1.1";
-	if (strcmp(m->version, "HTTP/1.1") != 0 || m->target[0] != '/')
+	if (strcmp(m->version, "HTTP/1.1") != 0 || m->target[0] != '/' ||
+	    strlen(m->target) >= sizeof path)
 		return 400;
 	*why = "no such route";
-	plen = strcspn(m->target, "?");
-	if ((c->route = route_find(m->target, plen)) == NULL)
+	if ((conf = route_find(m->target, strcspn(m->target, "?"))) == NULL)
 		return 404;
 	*why = "bad Host";
 	if ((v = http_header(m, "Host", &n)) == NULL || n != 1 || *v == '\0')
@@ -2711,10 +2875,15 @@ client_check(struct conn *c, struct http *m, const char **key,
 	if ((v = http_header(m, "Sec-WebSocket-Version", &n)) == NULL ||
 	    n != 1 || strcmp(v, "13") != 0)
 		return 426;
+	target_strip(m->target, path, &auth);
+	if ((status = client_allowed(c, m, auth, why)) != 0)
+		return status;
 	*why = "--max-clients reached";
 	if (opt.max_clients != 0 && nclients_open >= opt.max_clients)
 		return 503;
-	return 101;
+	c->route = conf->prefix ? route_instance(conf, path, &status, why) :
+	    conf;
+	return c->route != NULL ? 101 : status;
 }
 
 /* Accept the upgrade and put c on its route. */
@@ -2734,6 +2903,9 @@ client_join(struct conn *c, const char *key)
 	c->state = CONN_OPEN;
 	c->deadline = 0;
 	c->ping_at = timer_at(ping_next());
+	if (r->ringn > 0)
+		route_replay(r, c);
+	r->linger_at = 0;
 	c->next = r->clients;
 	if (r->clients != NULL)
 		r->clients->prev = c;
@@ -2833,6 +3005,8 @@ route_send(struct route *r, struct msg *m)
 {
 	unsigned char *dst;
 
+	if (opt.replay > 0)
+		route_keep(r, m);
 	if (r->nclients == 0)
 		return;
 	if (m->len > BATCH_SMALL || (dst = batch_room(r, m->len)) == NULL) {
@@ -2842,6 +3016,57 @@ route_send(struct route *r, struct msg *m)
 	}
 	memcpy(dst, m->p, m->len);
 	r->batch->len += m->len;
+}
+
+/* The bucket of an address (FNV-1a). */
+static struct ipcount **
+ip_bucket(const char *addr, size_t n)
+{
+	uint32_t h = 2166136261u;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		h = (h ^ (unsigned char)addr[i]) * 16777619u;
+	return &iptab[h % IPTAB_SIZE];
+}
+
+/* Count one more connection from the address of peer ("addr:port"). */
+static struct ipcount *
+ip_count(const char *peer)
+{
+	struct ipcount *e, **b;
+	size_t n = (size_t)(strrchr(peer, ':') - peer);
+
+	if (n >= sizeof e->addr)
+		return NULL;
+	b = ip_bucket(peer, n);
+	for (e = *b; e != NULL; e = e->next)
+		if (strncmp(e->addr, peer, n) == 0 && e->addr[n] == '\0')
+			break;
+	if (e == NULL) {
+		if ((e = calloc(1, sizeof *e)) == NULL)
+			return NULL;	/* uncounted: memory is short anyway */
+		memcpy(e->addr, peer, n);
+		e->next = *b;
+		*b = e;
+	}
+	e->n++;
+	return e;
+}
+
+/* One connection from e's address fewer; the last one frees it. */
+static void
+ip_release(struct ipcount *e)
+{
+	struct ipcount **b;
+
+	if (--e->n > 0)
+		return;
+	for (b = ip_bucket(e->addr, strlen(e->addr)); *b != e;
+	    b = &(*b)->next)
+		;
+	*b = e->next;
+	free(e);
 }
 
 /* Accept one client; -1 when there is nobody left to accept. */
@@ -2887,6 +3112,8 @@ accept_one(void)
 	sndbuf = (int)MIN(pace_bytes(), (size_t)INT_MAX);
 	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
 	addr_format((struct sockaddr *)&ss, c->peer, sizeof c->peer);
+	if (opt.max_per_ip != 0)
+		c->ip = ip_count(c->peer);
 	c->deadline = timer_at(now + HANDSHAKE_TIMEOUT_MS);
 	logmsg(L_DEBUG, "[%u] %s accepted", c->id, c->peer);
 	return 0;
@@ -2941,6 +3168,79 @@ dns_done(void)
 	}
 }
 
+/* The pacing record of url's host:port, shared by every route to it. */
+static struct host *
+host_get(const struct url *url)
+{
+	struct host *h;
+	char name[sizeof h->name];
+
+	snprintf(name, sizeof name, "%s:%s", url->host, url->port);
+	for (h = hosts; h != NULL; h = h->next)
+		if (strcmp(h->name, name) == 0)
+			return h;
+	if ((h = calloc(1, sizeof *h)) == NULL)
+		die("out of memory");
+	memcpy(h->name, name, sizeof name);
+	h->next = hosts;
+	hosts = h;
+	return h;
+}
+
+/* May a connection to h be attempted now?  0, or the time when it may. */
+static int64_t
+host_wait(struct host *h)
+{
+	int64_t tat = MAX(h->tat, now), slack;
+
+	slack = (int64_t)(HOST_BURST - 1) * HOST_INTERVAL_MS;
+	if (tat - now > slack)
+		return tat - slack;
+	h->tat = tat + HOST_INTERVAL_MS;
+	return 0;
+}
+
+/* Give r its upstream (not started yet). */
+static int
+upstream_new(struct route *r)
+{
+	struct upstream *u;
+
+	if ((u = calloc(1, sizeof *u)) == NULL)
+		return -1;
+	u->route = r;
+	u->url = &r->url;
+	u->cat = opt.cat != NULL;
+	r->up = u;
+	return 0;
+}
+
+/*
+ * Let go of an upstream: an open connection is closed politely (it ends
+ * on its own, belonging to nobody), anything else is dropped.
+ */
+static void
+upstream_free(struct upstream *u)
+{
+	struct conn *c;
+
+	if (u == NULL)
+		return;
+	if ((c = u->c) != NULL) {
+		c->up = NULL;
+		c->route = NULL;
+		if (c->state == CONN_OPEN)
+			conn_send_close(c, CLOSE_NORMAL, 0);
+		else
+			conn_kill(c);
+	}
+	if (u->dq != NULL)
+		u->dq->u = NULL;	/* the thread's answer is freed on arrival */
+	if (u->ai != NULL)
+		freeaddrinfo(u->ai);
+	free(u);
+}
+
 /* Begin a connection attempt: resolve (numeric at once, names in a thread). */
 static void
 upstream_start(struct upstream *u)
@@ -2950,9 +3250,17 @@ upstream_start(struct upstream *u)
 	pthread_attr_t attr;
 	pthread_t t;
 	sigset_t all, old;
+	int64_t at;
 	int e;
 
 	u->retry_at = 0;
+	if (u->route->host != NULL && (at = host_wait(u->route->host)) != 0) {
+		logmsg(L_INFO, "upstream %s: too many connection attempts to "
+		    "%s; next in %.1f s", u->route->path, u->route->host->name,
+		    (at - now) / 1000.0);
+		u->retry_at = at;
+		return;
+	}
 	u->deadline = now + HANDSHAKE_TIMEOUT_MS;
 	snprintf(u->why, sizeof u->why, "no address");
 	logmsg(u->cat ? L_DEBUG : L_INFO, "upstream %s: connecting to %s",
@@ -3104,8 +3412,10 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
     size_t n)
 {
 	struct upstream *u = c->up;
+	struct route *conf;
 	struct http m;
 	const char *why;
+	size_t i;
 	int code;
 
 	if (http_parse(h, end, &m, 1) < 0) {
@@ -3113,7 +3423,11 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 		return;
 	}
 	if ((why = upstream_check(u, &m)) != NULL) {
-		upstream_fail(u, "%s", why);
+		if (u->route->parent != NULL && m.status >= 400 &&
+		    m.status < 500)
+			route_refused(u->route, why);
+		else
+			upstream_fail(u, "%s", why);
 		return;
 	}
 	c->state = CONN_OPEN;
@@ -3126,6 +3440,11 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 	u->ai = u->next_ai = NULL;
 	logmsg(u->cat ? L_DEBUG : L_INFO, "upstream %s: connected to %s (%s)",
 	    u->route->path, u->url->text, c->peer);
+	conf = u->route->parent != NULL ? u->route->parent : u->route;
+	for (i = 0; i < conf->nsend; i++)
+		if (conn_queue(c, msg_frame(WS_OP_TEXT, 1, conf->send[i],
+		    conf->sendlen[i]), 0) < 0)
+			return;
 	/* Frames that came in the same read as the 101 are the first data. */
 	if (n > 0 && (code = ws_feed(c, rest, n)))
 		conn_fail(c, code);
@@ -3135,6 +3454,8 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 static void
 upstream_deliver(struct upstream *u, struct msg *m)
 {
+	if (u == NULL)
+		return;		/* a retired feed's connection, closing */
 	u->delivered = 1;
 	if (u->cat)
 		cat_deliver(m);
@@ -3252,16 +3573,226 @@ cat_deliver(struct msg *m)
 
 /* ==== Routes and stdin ==== */
 
+/* The configured route for a request path: exact, else the longest prefix. */
 static struct route *
 route_find(const char *path, size_t n)
 {
-	size_t i;
+	struct route *r, *best = NULL;
+	size_t i, k;
 
-	for (i = 0; i < nroutes; i++)
-		if (!routes[i].done && strlen(routes[i].path) == n &&
-		    memcmp(routes[i].path, path, n) == 0)
-			return &routes[i];
+	for (i = 0; i < nroutes; i++) {
+		r = &routes[i];
+		k = strlen(r->path);
+		if (r->done)
+			continue;
+		if (!r->prefix && k == n && memcmp(r->path, path, n) == 0)
+			return r;
+		if (r->prefix && n >= k - 1 && memcmp(r->path, path, k - 1) == 0 &&
+		    (best == NULL || k > strlen(best->path)))
+			best = r;
+	}
+	return best;
+}
+
+/*
+ * Is the part of a request a prefix route appends to its URL safe to send?
+ * Printable ASCII without '#', and no "." or ".." path segment (also
+ * %2e-encoded): a client must not climb out of the prefix on the origin.
+ */
+static int
+route_rest_ok(const char *s)
+{
+	const char *seg = s, *p;
+	size_t dots;
+
+	for (p = s; *p != '\0'; p++)
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f ||
+		    *p == '#')
+			return 0;
+	for (;;) {
+		for (dots = 0, p = seg; *p != '/' && *p != '?' && *p != '\0';
+		    dots++) {
+			if (*p == '.')
+				p++;
+			else if (p[0] == '%' && p[1] == '2' &&
+			    (p[2] == 'e' || p[2] == 'E'))
+				p += 3;
+			else
+				break;
+		}
+		if ((dots == 1 || dots == 2) && (*p == '/' || *p == '?' ||
+		    *p == '\0'))
+			return 0;
+		seg += strcspn(seg, "/?");
+		if (*seg != '/')
+			return 1;
+		seg++;
+	}
+}
+
+/* Put r on the list of feeds, or take it off. */
+static void
+feed_link(struct route *r)
+{
+	r->lprev = NULL;
+	r->lnext = feeds;
+	if (feeds != NULL)
+		feeds->lprev = r;
+	feeds = r;
+}
+
+static void
+feed_unlink(struct route *r)
+{
+	if (r->lprev != NULL)
+		r->lprev->lnext = r->lnext;
+	else
+		feeds = r->lnext;
+	if (r->lnext != NULL)
+		r->lnext->lprev = r->lprev;
+	r->lnext = r->lprev = NULL;
+}
+
+/*
+ * The feed of prefix route p for the full path key (path and query, any
+ * token taken out): the one its clients share, or a new one, connecting.
+ * NULL, with an HTTP status and why, when there is none to be had.
+ */
+static struct route *
+route_instance(struct route *p, const char *key, int *status,
+    const char **why)
+{
+	struct route *r;
+	char *text = NULL, err[128];
+	size_t pre = strlen(p->path) - 1, tl = strlen(p->url.text) - 1;
+
+	for (r = p->inst; r != NULL; r = r->inext)
+		if (strcmp(r->path, key) == 0)
+			return r;
+	*status = 400, *why = "bad characters or dot segment in path";
+	if (!route_rest_ok(key + pre))
+		return NULL;
+	*status = 503, *why = "--max-upstreams reached";
+	if (p->ninst >= opt.max_upstreams)
+		return NULL;
+	*why = "out of memory";
+	if ((r = calloc(1, sizeof *r)) == NULL ||
+	    (r->path = strdup(key)) == NULL ||
+	    (text = malloc(tl + strlen(key + pre) + 1)) == NULL)
+		goto fail;
+	memcpy(text, p->url.text, tl);
+	strcpy(text + tl, key + pre);
+	if (url_parse(&r->url, text, err, sizeof err) < 0) {
+		*status = 400, *why = "path makes a bad URL";
+		goto fail;
+	}
+	free(text);
+	text = NULL;
+	r->parent = p;
+	r->host = p->host;
+	r->linger_at = now + opt.linger_ms;	/* until a client joins */
+	if (upstream_new(r) < 0)
+		goto fail;
+	r->inext = p->inst;
+	p->inst = r;
+	p->ninst++;
+	feed_link(r);
+	logmsg(L_DEBUG, "route %s: new feed %s", p->path, r->path);
+	upstream_start(r->up);
+	return r;
+fail:
+	free(text);
+	if (r != NULL) {
+		free(r->url.text);
+		free(r->url.target);
+		free(r->path);
+		free(r);
+	}
 	return NULL;
+}
+
+/* An instance without clients: its upstream is let go, and it goes. */
+static void
+route_retire(struct route *r)
+{
+	struct route **pp;
+	unsigned i;
+
+	logmsg(L_DEBUG, "route %s: feed %s retired", r->parent->path, r->path);
+	for (pp = &r->parent->inst; *pp != r; pp = &(*pp)->inext)
+		;
+	*pp = r->inext;
+	r->parent->ninst--;
+	feed_unlink(r);
+	msg_unref(r->batch);
+	upstream_free(r->up);
+	for (i = 0; i < r->ringn; i++)
+		msg_unref(r->ring[(r->ringhead + i) % opt.replay]);
+	free(r->ring);
+	free(r->url.text);
+	free(r->url.target);
+	free(r->path);
+	free(r);
+}
+
+/*
+ * The upstream refused an instance's handshake (HTTP 4xx): a retry would
+ * get the same, so its clients get close 1014 instead of waiting forever.
+ */
+static void
+route_refused(struct route *r, const char *why)
+{
+	struct conn *c;
+
+	logmsg(L_INFO, "upstream %s: %s; closing %u clients", r->path, why,
+	    r->nclients);
+	while ((c = r->clients) != NULL) {
+		client_leave(c, "upstream refused");
+		conn_send_close(c, CLOSE_BAD_GATEWAY, 0);
+	}
+	route_retire(r);
+}
+
+/* Keep m among the last --replay messages of r. */
+static void
+route_keep(struct route *r, struct msg *m)
+{
+	unsigned at;
+
+	if (r->ring == NULL &&
+	    (r->ring = calloc(opt.replay, sizeof *r->ring)) == NULL)
+		return;
+	at = (r->ringhead + r->ringn) % opt.replay;
+	if (r->ringn == opt.replay) {
+		msg_unref(r->ring[at]);
+		r->ringhead = (r->ringhead + 1) % opt.replay;
+	} else
+		r->ringn++;
+	r->ring[at] = m;
+	m->refs++;
+}
+
+/*
+ * A new client gets the kept messages first: as many of the newest as
+ * --max-queue holds.  This turn's batch is flushed before it joins, so it
+ * gets no message twice.
+ */
+static void
+route_replay(struct route *r, struct conn *c)
+{
+	size_t bytes = 0;
+	unsigned i, from = r->ringn;
+
+	batch_flush(r);
+	while (from > 0 && bytes + r->ring[(r->ringhead + from - 1) %
+	    opt.replay]->len <= opt.max_queue) {
+		from--;
+		bytes += r->ring[(r->ringhead + from) % opt.replay]->len;
+	}
+	for (i = from; i < r->ringn; i++)
+		if (queue_push(&c->q, r->ring[(r->ringhead + i) % opt.replay],
+		    0) < 0)
+			break;
 }
 
 /*
@@ -3277,10 +3808,11 @@ route_find(const char *path, size_t n)
 static void
 routes_ready(void)
 {
+	struct route *r;
 	size_t i, high = pace_bytes();
 
-	for (i = 0; i < nroutes; i++)
-		routes[i].nready = 0;
+	for (r = feeds; r != NULL; r = r->lnext)
+		r->nready = 0;
 	for (i = 0; i < nconns; i++)
 		if (conns[i]->joined && conns[i]->q.bytes < high)
 			conns[i]->route->nready++;
@@ -3327,10 +3859,11 @@ stdin_line(struct route *r, const unsigned char *p, size_t n)
 		logmsg(L_ERR, "stdin line %lu: not UTF-8, skipped", r->lineno);
 		return;
 	}
-	if (r->nclients == 0)
+	if (r->nclients == 0 && opt.replay == 0)
 		return;
 	hl = ws_head_len(n);
-	if (hl + n <= BATCH_SMALL && (dst = batch_room(r, hl + n)) != NULL) {
+	if (opt.replay == 0 && hl + n <= BATCH_SMALL &&
+	    (dst = batch_room(r, hl + n)) != NULL) {
 		ws_head_write(dst, WS_OP_TEXT, n);
 		memcpy(dst + hl, p, n);
 		r->batch->len += hl + n;
@@ -3343,8 +3876,7 @@ stdin_line(struct route *r, const unsigned char *p, size_t n)
 	}
 	memcpy(m->data + FRAME_HEAD, p, n);
 	msg_seal(m, WS_OP_TEXT, n);
-	batch_flush(r);
-	broadcast(r, m);
+	route_send(r, m);
 	msg_unref(m);
 }
 
@@ -3443,13 +3975,14 @@ signal_setup(void)
 static void
 shutdown_begin(void)
 {
+	struct route *r;
 	struct conn *c;
 	size_t i;
 
 	exit_at = now + SHUTDOWN_MS;
 	logmsg(L_INFO, "shutting down");
-	for (i = 0; i < nroutes; i++)
-		batch_flush(&routes[i]);
+	for (r = feeds; r != NULL; r = r->lnext)
+		batch_flush(r);
 	if (listen_fd >= 0)
 		close(listen_fd);
 	listen_fd = -1;
@@ -3470,6 +4003,7 @@ static int64_t
 timers(void)
 {
 	int64_t next = exit_at ? exit_at : INT64_MAX, t;
+	struct route *r, *rnext;
 	size_t i;
 
 	/*
@@ -3485,10 +4019,18 @@ timers(void)
 				timer_next = t;
 	}
 	next = MIN(next, timer_next);
-	for (i = 0; i < nroutes; i++)
-		if (routes[i].up != NULL &&
-		    (t = upstream_timers(routes[i].up)) < next)
+	for (r = feeds; r != NULL; r = rnext) {
+		rnext = r->lnext;
+		if (r->linger_at != 0 && r->nclients == 0 && exit_at == 0) {
+			if (now >= r->linger_at) {
+				route_retire(r);
+				continue;
+			}
+			next = MIN(next, r->linger_at);
+		}
+		if (r->up != NULL && (t = upstream_timers(r->up)) < next)
 			next = t;
+	}
 	if (listen_pause != 0 && listen_pause < next)
 		next = listen_pause;
 	return next;
@@ -3517,6 +4059,7 @@ should_exit(void)
 static void
 loop(void)
 {
+	struct route *r;
 	struct pollfd *pfd = NULL, *v;
 	size_t cap = 0, n, i;
 	int64_t wake;
@@ -3578,8 +4121,8 @@ loop(void)
 		if (pfd[POLL_LISTEN].revents && listen_fd >= 0)
 			for (k = 0; k < ACCEPT_BATCH && accept_one() == 0; k++)
 				;
-		for (i = 0; i < nroutes; i++)
-			batch_flush(&routes[i]);
+		for (r = feeds; r != NULL; r = r->lnext)
+			batch_flush(r);
 		flush_dirty();
 	}
 	free(pfd);
@@ -3708,11 +4251,13 @@ url_parse(struct url *u, const char *s, char *err, size_t errlen)
 	}
 	/* "" and "?q" get the "/" a request line needs. */
 	pl = strlen(he) + 2;
-	if ((u->target = malloc(pl)) == NULL)
-		die("out of memory");
+	if ((u->target = malloc(pl)) == NULL || (u->text = strdup(s)) == NULL) {
+		free(u->target);
+		u->target = NULL;
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
 	snprintf(u->target, pl, "%s%s", *he == '/' ? "" : "/", he);
-	if ((u->text = strdup(s)) == NULL)
-		die("out of memory");
 	return 0;
 bad:
 	snprintf(err, errlen, "bad host or port in URL");
@@ -3807,13 +4352,16 @@ parse_size(const char *s, size_t *out)
 	return 0;
 }
 
-/* Add a route from [PATH=]URL; any mistake is a usage error. */
+/*
+ * Add a route from [PATH=]URL, with the --send texts given before it; any
+ * mistake is a usage error.
+ */
 static void
-route_add(char *arg)
+route_add(char *arg, char **send, size_t *sendlen, size_t nsend)
 {
 	struct route *r;
-	char err[128], *eq, *src = arg, *path = NULL;
-	size_t i;
+	char err[128], *eq, *src = arg, *path = NULL, *star;
+	size_t i, n;
 
 	if ((r = realloc(routes, (nroutes + 1) * sizeof *r)) == NULL)
 		die("out of memory");
@@ -3832,6 +4380,11 @@ route_add(char *arg)
 			if (routes[i].is_stdin)
 				usage_error("route %s: only one route can read "
 				    "stdin", arg);
+		if (opt.tunnel)
+			usage_error("route %s: --tunnel needs a URL for every "
+			    "route", arg);
+		if (nsend > 0)
+			usage_error("route %s: --send needs an upstream", arg);
 		r->is_stdin = 1;
 		r->path = strdup(path ? path : "/");
 	} else {
@@ -3842,15 +4395,51 @@ route_add(char *arg)
 	}
 	if (r->path == NULL)
 		die("out of memory");
-	for (i = 0; r->path[i] != '\0'; i++)
+	n = strlen(r->path);
+	for (i = 0; i < n; i++)
 		if ((unsigned char)r->path[i] <= 0x20 || r->path[i] == '?' ||
-		    r->path[i] == 0x7f)
-			usage_error("route path %s: no spaces, controls or ?",
-			    r->path);
+		    r->path[i] == 0x7f || (r->path[i] == '*' && i + 1 < n))
+			usage_error("route path %s: no spaces, controls or ?, "
+			    "and * only at the end", r->path);
+	/* A prefix route: the rest of the client's path replaces URL's *. */
+	if ((r->prefix = n > 0 && r->path[n - 1] == '*')) {
+		star = r->url.target ? strchr(r->url.target, '*') : NULL;
+		if (r->is_stdin || star == NULL || star[1] != '\0')
+			usage_error("route %s: a PATH ending in * needs a URL "
+			    "whose path or query ends in *", r->path);
+	}
 	for (i = 0; i < nroutes; i++)
 		if (strcmp(routes[i].path, r->path) == 0)
 			usage_error("route path %s given twice", r->path);
+	if (opt.stats != NULL && strcmp(opt.stats, r->path) == 0)
+		usage_error("route path %s is also the --stats path", r->path);
+	r->send = send, r->sendlen = sendlen, r->nsend = nsend;
 	nroutes++;
+}
+
+/* --send TEXT or @FILE: one UTF-8 text message (a file loses its last \n). */
+static void
+send_parse(const char *arg, char **text, size_t *len)
+{
+	uint32_t st = 0;
+	unsigned char *p;
+
+	if (arg[0] == '@') {
+		if ((p = file_read(arg + 1, len)) == NULL)
+			die("--send %s:", arg);
+		if (*len > 0 && p[*len - 1] == '\n')
+			(*len)--;
+		if (*len > 0 && p[*len - 1] == '\r')
+			(*len)--;
+	} else {
+		*len = strlen(arg);
+		if ((p = malloc(*len + 1)) == NULL)
+			die("out of memory");
+		memcpy(p, arg, *len);
+	}
+	if (utf8_check(&st, p, *len) < 0 || (st & 0xff) != 0)
+		usage_error("--send %s: not UTF-8 text", arg);
+	*text = (char *)p;
 }
 
 /* [ADDR:]PORT, ADDR possibly [v6]. */
@@ -3882,7 +4471,8 @@ static void
 options_parse(int argc, char **argv)
 {
 	enum { O_MAXMSG = 256, O_MAXQ, O_MAXCL, O_PING, O_VERSION, O_CAT,
-	    O_CA, O_SYSLOG };
+	    O_CA, O_SYSLOG, O_LINGER, O_MAXUP, O_SEND, O_REPLAY, O_ROTATE,
+	    O_TUNNEL, O_RATE, O_ORIGIN, O_TOKEN, O_PERIP, O_STATS };
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, 'l' },
 		{ "max-message", required_argument, NULL, O_MAXMSG },
@@ -3893,6 +4483,17 @@ options_parse(int argc, char **argv)
 		{ "ca", required_argument, NULL, O_CA },
 		{ "insecure", no_argument, NULL, 'k' },
 		{ "syslog", optional_argument, NULL, O_SYSLOG },
+		{ "linger", required_argument, NULL, O_LINGER },
+		{ "max-upstreams", required_argument, NULL, O_MAXUP },
+		{ "send", required_argument, NULL, O_SEND },
+		{ "replay", required_argument, NULL, O_REPLAY },
+		{ "rotate", required_argument, NULL, O_ROTATE },
+		{ "tunnel", no_argument, NULL, O_TUNNEL },
+		{ "client-rate", required_argument, NULL, O_RATE },
+		{ "origin", required_argument, NULL, O_ORIGIN },
+		{ "token", required_argument, NULL, O_TOKEN },
+		{ "max-per-ip", required_argument, NULL, O_PERIP },
+		{ "stats", required_argument, NULL, O_STATS },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
@@ -3900,17 +4501,106 @@ options_parse(int argc, char **argv)
 		{ NULL, 0, NULL, 0 }
 	};
 	static char dflt[] = DEFAULT_ADDR ":" DEFAULT_PORT;
+	struct { char *arg, **send; size_t *sendlen, nsend; } *args = NULL;
+	char **send = NULL, err[128];
+	size_t *sendlen = NULL, nsend = 0, nargs = 0;
 	unsigned long v;
 	int ch, quiet = 0, verbose = 0, i;
-	char err[128];
+	void *p1, *p2;
 
 	opt.max_message = LINE_MAX_DEFAULT;
 	opt.max_queue = MAX_QUEUE_DEFAULT;
 	opt.ping_ms = PING_DEFAULT_S * 1000;
+	opt.linger_ms = LINGER_DEFAULT_S * 1000;
+	opt.max_upstreams = MAX_UPSTREAMS_DEFAULT;
 	listen_parse(dflt);
 	opterr = 0;
-	while ((ch = getopt_long(argc, argv, ":l:kqvh", longopts, NULL)) != -1) {
+	/*
+	 * Leading '-': routes come back in order, as option 1, so that each
+	 * takes the --send texts given before it.  Routes are added once all
+	 * options are known (--tunnel, --stats bear on them).
+	 */
+	while ((ch = getopt_long(argc, argv, "-:l:kqvh", longopts, NULL)) != -1) {
 		switch (ch) {
+		case 1:
+			if ((p1 = realloc(args, (nargs + 1) * sizeof *args)) ==
+			    NULL)
+				die("out of memory");
+			args = p1;
+			args[nargs].arg = optarg;
+			args[nargs].send = send;
+			args[nargs].sendlen = sendlen;
+			args[nargs++].nsend = nsend;
+			send = NULL, sendlen = NULL, nsend = 0;
+			break;
+		case O_SEND:
+			p1 = realloc(send, (nsend + 1) * sizeof *send);
+			p2 = realloc(sendlen, (nsend + 1) * sizeof *sendlen);
+			if (p1 != NULL)
+				send = p1;
+			if (p2 != NULL)
+				sendlen = p2;
+			if (p1 == NULL || p2 == NULL)
+				die("out of memory");
+			send_parse(optarg, &send[nsend], &sendlen[nsend]);
+			nsend++;
+			break;
+		case O_LINGER:
+			if (parse_uint(optarg, 86400, &v) < 0)
+				usage_error("--linger: bad seconds '%s'", optarg);
+			opt.linger_ms = (int)v * 1000;
+			break;
+		case O_MAXUP:
+			if (parse_uint(optarg, 1000000, &v) < 0 || v == 0)
+				usage_error("--max-upstreams: bad number '%s'",
+				    optarg);
+			opt.max_upstreams = (unsigned)v;
+			break;
+		case O_REPLAY:
+			if (parse_uint(optarg, REPLAY_MAX, &v) < 0)
+				usage_error("--replay: bad number '%s' (at most "
+				    "%d)", optarg, REPLAY_MAX);
+			opt.replay = (unsigned)v;
+			break;
+		case O_ROTATE:
+			if (parse_uint(optarg, 30 * 86400, &v) < 0)
+				usage_error("--rotate: bad seconds '%s'", optarg);
+			opt.rotate_ms = (int)v * 1000;
+			break;
+		case O_TUNNEL:
+			opt.tunnel = 1;
+			break;
+		case O_RATE:
+			if (parse_uint(optarg, 100000, &v) < 0 || v == 0)
+				usage_error("--client-rate: bad number '%s'",
+				    optarg);
+			opt.client_rate = (unsigned)v;
+			break;
+		case O_ORIGIN:
+			if ((p1 = realloc(opt.origins, (opt.norigins + 1) *
+			    sizeof *opt.origins)) == NULL)
+				die("out of memory");
+			opt.origins = p1;
+			opt.origins[opt.norigins++] = optarg;
+			break;
+		case O_TOKEN:
+			if (*optarg == '\0' || strpbrk(optarg, " &#?") != NULL)
+				usage_error("--token: empty, or has a space, "
+				    "&, # or ?");
+			opt.token = optarg;
+			break;
+		case O_PERIP:
+			if (parse_uint(optarg, 1000000, &v) < 0 || v == 0)
+				usage_error("--max-per-ip: bad number '%s'",
+				    optarg);
+			opt.max_per_ip = (unsigned)v;
+			break;
+		case O_STATS:
+			if (optarg[0] != '/' || strpbrk(optarg, " ?*") != NULL)
+				usage_error("--stats: PATH must start with / and "
+				    "have no space, ? or *");
+			opt.stats = optarg;
+			break;
 		case 'l':
 			listen_parse(optarg);
 			break;
@@ -3968,8 +4658,24 @@ options_parse(int argc, char **argv)
 	}
 	/* --cat talks only about failures unless asked for more. */
 	opt.verbosity = quiet ? L_ERR : (opt.cat ? L_ERR : L_INFO) + verbose;
+	if (nsend > 0)
+		usage_error("--send must come before the route it is for");
+	if (opt.tunnel && opt.rotate_ms != 0)
+		usage_error("--rotate is for shared upstreams, not --tunnel");
+	if (opt.tunnel && opt.replay != 0)
+		usage_error("--replay is for shared upstreams, not --tunnel");
+	if (opt.client_rate != 0 && !opt.tunnel)
+		usage_error("--client-rate needs --tunnel (clients' messages "
+		    "go nowhere otherwise)");
+	for (i = optind; i < argc; i++) {	/* after "--" */
+		if ((p1 = realloc(args, (nargs + 1) * sizeof *args)) == NULL)
+			die("out of memory");
+		args = p1;
+		memset(&args[nargs], 0, sizeof *args);
+		args[nargs++].arg = argv[i];
+	}
 	if (opt.cat != NULL) {
-		if (optind < argc)
+		if (nargs > 0)
 			usage_error("--cat takes no routes");
 		if ((routes = calloc(1, sizeof *routes)) == NULL)
 			die("out of memory");
@@ -3979,31 +4685,35 @@ options_parse(int argc, char **argv)
 		nroutes = 1;
 		return;
 	}
-	if (optind == argc)
+	if (nargs == 0)
 		usage_error("no route given");
-	for (i = optind; i < argc; i++)
-		route_add(argv[i]);
+	for (i = 0; i < (int)nargs; i++)
+		route_add(args[i].arg, args[i].send, args[i].sendlen,
+		    args[i].nsend);
+	free(args);
 }
 
-/* Give every route with a URL its upstream, and start it. */
+/* Every fixed route is a feed: give those with a URL an upstream, start it. */
 static void
 upstreams_start(void)
 {
-	struct upstream *u;
+	struct route *r;
 	size_t i;
 
 	for (i = 0; i < nroutes; i++) {
-		if (routes[i].is_stdin) {
-			stdin_route = &routes[i];
+		r = &routes[i];
+		if (!r->is_stdin && opt.cat == NULL)
+			r->host = host_get(&r->url);
+		if (r->prefix)
+			continue;
+		feed_link(r);
+		if (r->is_stdin) {
+			stdin_route = r;
 			continue;
 		}
-		if ((u = calloc(1, sizeof *u)) == NULL)
+		if (upstream_new(r) < 0)
 			die("out of memory");
-		u->route = &routes[i];
-		u->url = &routes[i].url;
-		u->cat = opt.cat != NULL;
-		routes[i].up = u;
-		upstream_start(u);
+		upstream_start(r->up);
 	}
 }
 

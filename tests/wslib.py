@@ -559,6 +559,91 @@ class Wsfwd:
         return None
 
 
+# ---------------------------------------------------------------- origins
+
+class FakeUpstream:
+    """A listening origin server that wsfwd (or --cat) connects to."""
+
+    def __init__(self):
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind((HOST, 0))
+        self.lsock.listen(64)
+        SOCKS.append(self.lsock)
+        self.port = self.lsock.getsockname()[1]
+
+    def url(self, target="/up"):
+        return "ws://%s:%d%s" % (HOST, self.port, target)
+
+    def accept(self, timeout=TIMEOUT):
+        self.lsock.settimeout(timeout)
+        try:
+            s, _ = self.lsock.accept()
+        except socket.timeout:
+            raise Timeout("no connection to the fake upstream within %.1f s" % timeout)
+        return UpConn(s, self.port)
+
+    def accept_ws(self, target="/up", timeout=TIMEOUT):
+        c = self.accept(timeout)
+        c.handshake(target)
+        return c
+
+
+class UpConn(Peer):
+    """wsfwd's upstream connection, seen from the origin server's side."""
+    expect_masked = True
+    who = "wsfwd (as client)"
+
+    def __init__(self, sock, port):
+        super().__init__(sock)
+        self.port = port
+
+    def read_request(self, target, host=None):
+        """Read and verify the client's upgrade request; return its key.
+
+        `host` is the expected Host header, default 127.0.0.1:PORT."""
+        head = self.read_head()
+        eq(head.start, "GET %s HTTP/1.1" % target, "request line")
+        eq(head.get("host"), host or "%s:%d" % (HOST, self.port), "Host header")
+        eq((head.get("upgrade") or "").lower(), "websocket", "Upgrade header")
+        check("upgrade" in head.tokens("connection"),
+              "Connection header %r lacks upgrade" % head.get("connection"))
+        eq(head.get("sec-websocket-version"), "13", "Sec-WebSocket-Version")
+        key = head.get("sec-websocket-key") or ""
+        try:
+            raw = base64.b64decode(key, validate=True)
+        except ValueError:
+            fail("Sec-WebSocket-Key %r is not base64" % key)
+        eq(len(raw), 16, "decoded Sec-WebSocket-Key length")
+        return key
+
+    def reply_101(self, key, accept=None, extra=b""):
+        resp = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
+                % (accept or accept_key(key)))
+        self.send_raw(resp.encode() + extra)
+
+    def handshake(self, target="/up", extra=b""):
+        self.reply_101(self.read_request(target), extra=extra)
+
+    def rst(self):
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+def start_server(*args, stdin=True, preexec_fn=None):
+    """wsfwd -l 127.0.0.1:PORT ARGS..., once it logs that it listens."""
+    return Wsfwd.listen(args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                        preexec_fn=preexec_fn)
+
+
+def client(w, path="/a", **kw):
+    """A handshaken client that wsfwd has logged as connected."""
+    ws = WS.open(w.port, path, **kw)
+    w.wait_client(ws, path)
+    return ws
+
+
+
 # ---------------------------------------------------------------- registry
 
 TESTS = {}              # name -> function, in the order registered

@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""End-to-end tests of wsfwd's routing features: prefix routes with shared
+per-path upstreams, --linger, --max-upstreams, connection pacing per host,
+--send, --replay, --rotate, --tunnel, --client-rate, access control and
+--stats.
+
+usage: python3 tests/routing.py ./wsfwd [TEST...]
+
+Like proto.py: real wsfwd processes on 127.0.0.1, raw-socket clients and a
+fake origin (wslib.FakeUpstream) that counts the connections wsfwd makes,
+every wait bounded, processes stopped by PID.  Ends with "N passed, M failed".
+"""
+
+import json
+import os
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import wslib  # noqa: E402
+from wslib import (  # noqa: E402
+    HOST, TIMEOUT, OP_TEXT, OP_BIN, OP_CLOSE, OP_PING, OP_PONG,
+    TestFail, Timeout, fail, check, eq, close_payload, build_request,
+    check_101, WS, Wsfwd, test, FakeUpstream, start_server, client)
+
+
+def no_connection(up, within):
+    """The fake origin gets no connection within `within` seconds."""
+    try:
+        c = up.accept(within)
+    except Timeout:
+        return
+    fail("an unexpected upstream connection: %r" % c.read_head().start)
+
+
+def status_of(w, path, headers=None):
+    """The HTTP status wsfwd answers an upgrade of `path` with."""
+    ws = WS(w.port)
+    req, key = build_request(w.port, path, headers=headers)
+    ws.send_raw(req)
+    head = ws.read_head()
+    if head.status == 101:
+        check_101(head, key)
+    return head.status, ws
+
+
+def body_of(peer):
+    """What follows the head until the peer closes."""
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while True:
+            peer.fill(deadline)
+    except wslib.Closed:
+        pass
+    return bytes(peer.buf)
+
+
+def expect_refused(w, path, status, headers=None):
+    got, ws = status_of(w, path, headers)
+    eq(got, status, "HTTP status for %s" % path)
+    ws.wait_closed()
+
+
+# ---------------------------------------------------------------- prefix routes
+
+def prefix_server(up, *opts):
+    return start_server(*opts, "/ws/*=" + up.url("/up/*"), stdin=False)
+
+
+@test
+def t_prefix_one_upstream_per_path():
+    up = FakeUpstream()
+    w = prefix_server(up, "--linger", "1")
+    a1 = client(w, "/ws/a?x=1")
+    u1 = up.accept()
+    u1.handshake("/up/a?x=1")
+    a2 = client(w, "/ws/a?x=1")
+    b = client(w, "/ws/b")
+    u2 = up.accept()
+    u2.handshake("/up/b")
+    w.wait_log("upstream /ws/b: connected to " + up.url("/up/b"))
+    u1.send_frame(OP_TEXT, b"for a", mask=False)
+    u2.send_frame(OP_TEXT, b"for b", mask=False)
+    a1.expect_msg(OP_TEXT, b"for a")
+    a2.expect_msg(OP_TEXT, b"for a")
+    b.expect_msg(OP_TEXT, b"for b")
+    no_connection(up, 0.3)
+    # A different query is a different feed.
+    client(w, "/ws/a?x=2")
+    up.accept().handshake("/up/a?x=2")
+    # Everyone leaves: each upstream is closed (1000) after the linger.
+    t0 = time.monotonic()
+    for c in (a1, a2, b):
+        c.close()
+    u1.expect_close(1000, timeout=4, reply=True)
+    u2.expect_close(1000, timeout=4, reply=True)
+    took = time.monotonic() - t0
+    check(0.7 <= took <= 3.5, "upstreams closed %.2f s after the last client "
+          "left (--linger 1)" % took)
+
+
+@test
+def t_prefix_linger_keeps_upstream_for_returning_client():
+    up = FakeUpstream()
+    w = prefix_server(up, "--linger", "3")
+    c = client(w, "/ws/t")
+    u = up.accept()
+    u.handshake("/up/t")
+    w.wait_log("upstream /ws/t: connected")
+    c.close()
+    time.sleep(0.5)
+    c2 = client(w, "/ws/t")
+    u.send_frame(OP_TEXT, b"same upstream", mask=False)
+    c2.expect_msg(OP_TEXT, b"same upstream")
+    no_connection(up, 0.3)
+
+
+@test
+def t_prefix_4xx_closes_clients_1014():
+    up = FakeUpstream()
+    w = prefix_server(up)
+    c = client(w, "/ws/nope")
+    u = up.accept()
+    u.read_request("/up/nope")
+    u.send_raw(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    c.expect_close(1014)
+    w.wait_log("handshake refused: HTTP 404")
+    no_connection(up, 1.5)      # no retry
+    # The path can be asked for again: a new attempt.
+    c2 = client(w, "/ws/nope")
+    up.accept().handshake("/up/nope")
+    w.wait_log("upstream /ws/nope: connected")
+    c2.ping_pong()
+
+
+@test
+def t_prefix_5xx_retried_clients_wait():
+    up = FakeUpstream()
+    w = prefix_server(up)
+    c = client(w, "/ws/busy")
+    u = up.accept()
+    u.read_request("/up/busy")
+    u.send_raw(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+    w.wait_log("upstream /ws/busy: lost: handshake refused: HTTP 503")
+    u2 = up.accept(timeout=4)
+    u2.handshake("/up/busy")
+    u2.send_frame(OP_TEXT, b"after retry", mask=False)
+    c.expect_msg(OP_TEXT, b"after retry")
+
+
+@test
+def t_prefix_max_upstreams():
+    up = FakeUpstream()
+    w = prefix_server(up, "--max-upstreams", "2")
+    client(w, "/ws/1")
+    client(w, "/ws/2")
+    client(w, "/ws/1")          # an existing feed: no new upstream
+    got, ws = status_of(w, "/ws/3")
+    eq(got, 503, "HTTP status beyond --max-upstreams")
+    check(b"--max-upstreams" in body_of(ws), "503 body does not say why")
+
+
+@test
+def t_prefix_rejects_dot_segments():
+    up = FakeUpstream()
+    w = prefix_server(up)
+    for path in ("/ws/../admin", "/ws/a/./b", "/ws/%2e%2E/x", "/ws/.."):
+        expect_refused(w, path, 400)
+    no_connection(up, 0.2)
+    client(w, "/ws/..ok/x.y")   # dots inside a name are fine
+    up.accept().handshake("/up/..ok/x.y")
+
+
+@test
+def t_prefix_longest_and_exact_first():
+    up = FakeUpstream()
+    w = start_server("/ws/*=" + up.url("/any/*"), "/ws/x/*=" + up.url("/x/*"),
+                     "/ws/fixed=" + up.url("/fixed"), stdin=False)
+    fixed = up.accept()
+    fixed.handshake("/fixed")
+    client(w, "/ws/x/1")
+    up.accept().handshake("/x/1")
+    client(w, "/ws/y")
+    up.accept().handshake("/any/y")
+    client(w, "/ws/fixed")
+    no_connection(up, 0.3)
+
+
+@test
+def t_prefix_host_pacing():
+    # 10 attempts at once, then one per 1.05 s to one host:port.
+    up = FakeUpstream()
+    w = prefix_server(up)
+    t0 = time.monotonic()
+    for i in range(12):
+        client(w, "/ws/p%d" % i)
+    conns = [up.accept(timeout=2) for _ in range(10)]
+    check(time.monotonic() - t0 < 1.0, "the first 10 attempts were not at once")
+    w.wait_log("too many connection attempts to 127.0.0.1:%d" % up.port)
+    c11 = up.accept(timeout=3)
+    took = time.monotonic() - t0
+    check(took >= 0.8, "the 11th attempt came %.2f s after the burst" % took)
+    c12 = up.accept(timeout=3)
+    took2 = time.monotonic() - t0
+    check(took2 - took >= 0.8, "the 12th came %.2f s after the 11th" % (took2 - took))
+    del conns, c11, c12
+
+
+# ---------------------------------------------------------------- --send
+
+@test
+def t_send_on_connect_and_reconnect():
+    up = FakeUpstream()
+    sub = '{"type":"subscribe","channels":["ticker"]}'
+    path = os.path.join(wslib.TMP, "sub.json")
+    with open(path, "w") as f:
+        f.write('{"op":"two"}\n')
+    w = start_server("--send", sub, "--send", "@" + path,
+                     "/b=" + up.url("/up"), "/c=" + up.url("/other"), stdin=False)
+    got = {}
+    for _ in range(2):
+        u = up.accept()
+        head = u.read_head()
+        got[head.start.split()[1]] = (u, head)
+    u, head = got["/up"]
+    u.reply_101(head.get("sec-websocket-key"))
+    u.expect_msg(OP_TEXT, sub.encode())
+    u.expect_msg(OP_TEXT, b'{"op":"two"}')
+    other, ohead = got["/other"]
+    other.reply_101(ohead.get("sec-websocket-key"))
+    # /c had no --send: nothing comes but wsfwd's answers.
+    other.sock.settimeout(0.3)
+    try:
+        data = other.sock.recv(100)
+        fail("route /c got %r, --send belongs to /b only" % data)
+    except socket.timeout:
+        pass
+    # A forced reconnect: the subscription again, first thing.
+    u.rst()
+    u2 = up.accept(timeout=4)
+    u2.handshake("/up")
+    u2.expect_msg(OP_TEXT, sub.encode())
+    u2.expect_msg(OP_TEXT, b'{"op":"two"}')
+
+
+@test
+def t_send_usage_errors():
+    for args, want in ((["/a=ws://h/a", "--send", "x"], "--send must come before"),
+                       (["--send", "x", "/a=-"], "--send needs an upstream"),
+                       (["--send", "@/nonexistent/file", "/a=ws://h/a"], "/nonexistent/file"),
+                       (["--send", "\udcff", "/a=ws://h/a"], "not UTF-8")):
+        rc, out, err = run(args)
+        eq(rc, 2 if "nonexistent" not in want else 1, "exit status of %s" % args)
+        check(want in err, "%s: %r lacks %r" % (args, err, want))
+
+
+def run(args):
+    import subprocess
+    p = subprocess.run([wslib.BIN] + args, capture_output=True, timeout=TIMEOUT,
+                       env=dict(os.environ, PYTHONUTF8="0"))
+    return p.returncode, p.stdout.decode(), p.stderr.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------- --replay
+
+@test
+def t_replay_last_n_then_live():
+    up = FakeUpstream()
+    w = start_server("--replay", "3", "/b=" + up.url("/up"), stdin=False)
+    early = client(w, "/b")
+    u = up.accept()
+    u.handshake("/up")
+    for i in range(1, 6):
+        u.send_frame(OP_TEXT, b"m%d" % i, mask=False)
+    for i in range(1, 6):
+        early.expect_msg(OP_TEXT, b"m%d" % i)
+    late = client(w, "/b")
+    u.send_frame(OP_BIN, b"m6", mask=False)
+    got = [late.recv_msg() for _ in range(4)]
+    eq([(f.opcode, f.payload) for f in got],
+       [(OP_TEXT, b"m3"), (OP_TEXT, b"m4"), (OP_TEXT, b"m5"), (OP_BIN, b"m6")],
+       "late client's first messages")
+    early.expect_msg(OP_BIN, b"m6")
+    late.ping_pong()            # nothing else was queued before the pong
+
+
+@test
+def t_replay_stdin_and_no_clients():
+    w = start_server("--replay", "2", "/a=-")
+    w.feed(b"one\ntwo\nthree\n")
+    w.wait_log("listening")
+    time.sleep(0.3)             # read with nobody connected
+    c = client(w, "/a")
+    c.expect_msg(OP_TEXT, b"two")
+    c.expect_msg(OP_TEXT, b"three")
+    w.feed(b"four\n")
+    c.expect_msg(OP_TEXT, b"four")
+
+
+# ---------------------------------------------------------------- access control
+
+@test
+def t_origin_allowed_list():
+    w = start_server("--origin", "https://a.example", "--origin", "https://b.example", "/a=-")
+    expect_refused(w, "/a", 403)
+    expect_refused(w, "/a", 403, {"Origin": "https://evil.example"})
+    st, ws = status_of(w, "/a", {"Origin": "https://b.example"})
+    eq(st, 101, "allowed Origin")
+    w.feed(b"hi\n")
+    ws.expect_msg(OP_TEXT, b"hi")
+
+
+@test
+def t_token_query_and_bearer_never_forwarded():
+    up = FakeUpstream()
+    w = start_server("--token", "s3cret", "/ws/*=" + up.url("/up/*"), stdin=False)
+    expect_refused(w, "/ws/a", 401)
+    expect_refused(w, "/ws/a?token=wrong", 401)
+    expect_refused(w, "/ws/a?token=s3cre", 401)
+    expect_refused(w, "/ws/a", 401, {"Authorization": "Bearer nope"})
+    st, ws = status_of(w, "/ws/a?x=1&token=s3cret&y=2")
+    eq(st, 101, "?token=")
+    up.accept().handshake("/up/a?x=1&y=2")
+    st, ws2 = status_of(w, "/ws/a?x=1&y=2", {"Authorization": "Bearer s3cret"})
+    eq(st, 101, "Authorization: Bearer")
+    no_connection(up, 0.3)      # the same feed: the token is not part of it
+    check("s3cret" not in w.log(), "the token is in the log")
+
+
+@test
+def t_max_per_ip():
+    w = start_server("--max-per-ip", "2", "/a=-")
+    c1 = client(w, "/a")
+    c2 = client(w, "/a")
+    expect_refused(w, "/a", 503)
+    c1.close()
+    w.wait_log("disconnected from /a")
+    c3 = client(w, "/a")
+    w.feed(b"x\n")
+    c2.expect_msg(OP_TEXT, b"x")
+    c3.expect_msg(OP_TEXT, b"x")
+
+
+if __name__ == "__main__":
+    sys.exit(wslib.main(sys.argv, "BIN [TEST...]", "wsfwd-routing.", alarm=40))
