@@ -46,6 +46,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -248,6 +249,7 @@ struct upstream {
 	int		 backoff_ms;
 	int		 cat;		/* --cat: exit instead of reconnecting */
 	int		 delivered;	/* a message came on this connection */
+	unsigned	 connects;	/* successful handshakes */
 	char		 accept[29];	/* expected Sec-WebSocket-Accept */
 	char		 why[160];	/* last connect error */
 };
@@ -280,6 +282,10 @@ struct route {
 	struct msg	*batch;		/* this turn's messages, framed */
 	struct msg	**ring;		/* --replay: the last messages */
 	unsigned	 ringhead, ringn;
+	uint64_t	 msgs_in, bytes_in;	/* from the source: payload */
+	uint64_t	 msgs_out, bytes_out;	/* queued to clients: frames */
+	uint64_t	 dropped;	/* slow clients */
+	size_t		 qhwm;		/* longest client queue seen */
 };
 
 struct http {
@@ -314,6 +320,13 @@ struct options {
 	const char	*stats;		/* --stats PATH */
 };
 
+/* Text built by sb_printf(); oom set once memory ran out. */
+struct sbuf {
+	char		*p;
+	size_t		 len, cap;
+	int		 oom;
+};
+
 struct sha1 {
 	uint32_t	 h[5];
 	uint64_t	 len;
@@ -346,6 +359,7 @@ static void	 client_head(struct conn *, char *, size_t, unsigned char *,
 static void	 client_join(struct conn *, const char *);
 static void	 client_leave(struct conn *, const char *);
 static void	 client_reject(struct conn *, int, const char *);
+static int	 client_stats(struct conn *, struct http *);
 static void	 client_unlink(struct conn *);
 static int	 close_code_valid(unsigned);
 static void	 conn_closed_by_peer(struct conn *, unsigned);
@@ -372,7 +386,9 @@ static void	 die(const char *, ...)
 		    __attribute__((noreturn));
 static void	 dns_done(void);
 static void	*dns_thread(void *);
+static struct route	*feed_iter(struct route *, struct route *);
 static void	 feed_link(struct route *);
+static const char	*feed_state(const struct route *);
 static void	 feed_unlink(struct route *);
 static unsigned char	*file_read(const char *, size_t *);
 static void	 flush_dirty(void);
@@ -425,6 +441,9 @@ static int	 route_rest_ok(const char *);
 static void	 route_retire(struct route *);
 static void	 route_send(struct route *, struct msg *);
 static void	 routes_ready(void);
+static unsigned long	 rss_kib(void);
+static void	 sb_printf(struct sbuf *, const char *, ...);
+static void	 sb_quote(struct sbuf *, const char *);
 static void	 send_parse(const char *, char **, size_t *);
 static int	 set_nonblock(int);
 static void	 setup(void);
@@ -435,6 +454,11 @@ static void	 sha1_update(struct sha1 *, const void *, size_t);
 static int	 should_exit(void);
 static void	 shutdown_begin(void);
 static void	 signal_setup(void);
+static void	 stats_feed_json(struct sbuf *, const struct route *);
+static void	 stats_json(struct sbuf *);
+static void	 stats_log(void);
+static void	 stats_prom(struct sbuf *);
+static void	 stats_reply(struct conn *, struct http *);
 static void	 stdin_keep(struct route *, const unsigned char *, size_t);
 static void	 stdin_line(struct route *, const unsigned char *, size_t);
 static void	 stdin_read(struct route *);
@@ -452,6 +476,7 @@ static ssize_t	 tls_read(struct conn *, unsigned char *, size_t);
 static int	 tls_start(struct conn *, const struct url *);
 static void	 tls_why(struct tls *, int);
 static int	 token_eq(const char *, size_t);
+static int	 token_ok(struct http *, int);
 static const char	*upstream_check(struct upstream *, struct http *);
 static void	 upstream_connect_done(struct conn *, int);
 static void	 upstream_deliver(struct upstream *, struct msg *);
@@ -514,7 +539,8 @@ static int		 cat_done = -1;	/* --cat: exit status once known */
 static unsigned char	 rbuf[RBUF_SIZE];
 static br_x509_trust_anchor *anchors;	/* loaded once, shared read-only */
 static size_t		 nanchors;
-static volatile sig_atomic_t quit;
+static volatile sig_atomic_t quit, dump;
+static int64_t		 start_ms;	/* for the uptime */
 
 /* ==== Logging, errors, time, randomness ==== */
 
@@ -2806,6 +2832,41 @@ target_strip(const char *t, char *out, int *auth)
 	*o = '\0';
 }
 
+/* --token: given in the query (auth), or as Authorization: Bearer? */
+static int
+token_ok(struct http *m, int auth)
+{
+	const char *v;
+	int n;
+
+	if (opt.token == NULL || auth)
+		return 1;
+	return (v = http_header(m, "Authorization", &n)) != NULL && n == 1 &&
+	    strncasecmp(v, "Bearer ", 7) == 0 && token_eq(v + 7, strlen(v + 7));
+}
+
+/* A plain request for --stats?  Then it is answered here: 1. */
+static int
+client_stats(struct conn *c, struct http *m)
+{
+	char path[HEADER_MAX];
+	size_t n = strcspn(m->target, "?");
+	int auth = 0;
+
+	if (strlen(opt.stats) != n || memcmp(opt.stats, m->target, n) != 0 ||
+	    http_header(m, "Upgrade", NULL) != NULL ||
+	    strlen(m->target) >= sizeof path)
+		return 0;
+	target_strip(m->target, path, &auth);
+	if (strcmp(m->method, "GET") != 0)
+		client_reject(c, 405, "not GET");
+	else if (!token_ok(m, auth))
+		client_reject(c, 401, "no valid token");
+	else
+		stats_reply(c, m);
+	return 1;
+}
+
 /* Access control: --origin (403), --token (401), --max-per-ip (503). */
 static int
 client_allowed(struct conn *c, struct http *m, int auth, const char **why)
@@ -2824,13 +2885,9 @@ client_allowed(struct conn *c, struct http *m, int auth, const char **why)
 		if (i == opt.norigins)
 			return 403;
 	}
-	if (opt.token != NULL && !auth) {
-		*why = "no valid token";
-		if ((v = http_header(m, "Authorization", &n)) == NULL ||
-		    n != 1 || strncasecmp(v, "Bearer ", 7) != 0 ||
-		    !token_eq(v + 7, strlen(v + 7)))
-			return 401;
-	}
+	*why = "no valid token";
+	if (!token_ok(m, auth))
+		return 401;
 	*why = "--max-per-ip reached";
 	if (c->ip != NULL && c->ip->n > opt.max_per_ip)
 		return 503;
@@ -2933,6 +2990,8 @@ client_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 		client_reject(c, 400, "malformed request");
 		return;
 	}
+	if (opt.stats != NULL && client_stats(c, &m))
+		return;
 	if ((status = client_check(c, &m, &key, &why)) != 101) {
 		client_reject(c, status, why);
 		return;
@@ -2956,6 +3015,7 @@ broadcast(struct route *r, struct msg *m)
 			    c->q.bytes, opt.max_queue);
 			client_leave(c, "slow client");
 			conn_kill(c);
+			r->dropped++;
 			continue;
 		}
 		if (queue_push(&c->q, m, 0) < 0) {
@@ -2963,6 +3023,8 @@ broadcast(struct route *r, struct msg *m)
 			conn_kill(c);
 			continue;
 		}
+		if (c->q.bytes > r->qhwm)
+			r->qhwm = c->q.bytes;
 		conn_mark(c);
 	}
 }
@@ -3005,10 +3067,14 @@ route_send(struct route *r, struct msg *m)
 {
 	unsigned char *dst;
 
+	r->msgs_in++;
+	r->bytes_in += m->len - (size_t)(m->data + FRAME_HEAD - m->p);
 	if (opt.replay > 0)
 		route_keep(r, m);
 	if (r->nclients == 0)
 		return;
+	r->msgs_out += r->nclients;
+	r->bytes_out += (uint64_t)r->nclients * m->len;
 	if (m->len > BATCH_SMALL || (dst = batch_room(r, m->len)) == NULL) {
 		batch_flush(r);
 		broadcast(r, m);
@@ -3435,6 +3501,7 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 	u->up_since = now;
 	u->deadline = 0;
 	u->delivered = 0;
+	u->connects++;
 	if (u->ai != NULL)
 		freeaddrinfo(u->ai);
 	u->ai = u->next_ai = NULL;
@@ -3864,6 +3931,10 @@ stdin_line(struct route *r, const unsigned char *p, size_t n)
 	hl = ws_head_len(n);
 	if (opt.replay == 0 && hl + n <= BATCH_SMALL &&
 	    (dst = batch_room(r, hl + n)) != NULL) {
+		r->msgs_in++;
+		r->bytes_in += n;
+		r->msgs_out += r->nclients;
+		r->bytes_out += (uint64_t)r->nclients * (hl + n);
 		ws_head_write(dst, WS_OP_TEXT, n);
 		memcpy(dst + hl, p, n);
 		r->batch->len += hl + n;
@@ -3939,6 +4010,266 @@ stdin_read(struct route *r)
 		stdin_keep(r, p, (size_t)(end - p));
 }
 
+/* ==== Stats (--stats, SIGUSR1) ==== */
+
+static void
+sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+	size_t cap;
+	char *v;
+	int n;
+
+	for (;;) {
+		va_start(ap, fmt);
+		n = b->oom ? 0 : vsnprintf(b->p ? b->p + b->len : NULL,
+		    b->cap - b->len, fmt, ap);
+		va_end(ap);
+		if (b->oom || n < 0)
+			return;
+		if ((size_t)n < b->cap - b->len) {
+			b->len += (size_t)n;
+			return;
+		}
+		cap = MAX(b->cap * 2, b->len + (size_t)n + 1024);
+		if ((v = realloc(b->p, cap)) == NULL) {
+			b->oom = 1;
+			return;
+		}
+		b->p = v, b->cap = cap;
+	}
+}
+
+/* s as a JSON string, or as a Prometheus label value: the same escapes. */
+static void
+sb_quote(struct sbuf *b, const char *s)
+{
+	sb_printf(b, "\"");
+	for (; *s != '\0'; s++)
+		if (*s == '"' || *s == '\\')
+			sb_printf(b, "\\%c", *s);
+		else
+			sb_printf(b, "%c", *s);
+	sb_printf(b, "\"");
+}
+
+/* Resident memory in KiB (Linux), 0 where unknown. */
+static unsigned long
+rss_kib(void)
+{
+	char buf[64];
+	unsigned long pages = 0;
+	ssize_t n;
+	int fd;
+
+	if ((fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)) < 0)
+		return 0;
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	if (sscanf(buf, "%*s %lu", &pages) != 1)
+		return 0;
+	return pages * (unsigned long)sysconf(_SC_PAGESIZE) / 1024;
+}
+
+/* A feed's source in one word. */
+static const char *
+feed_state(const struct route *r)
+{
+	const struct upstream *u = r->up;
+
+	if (r->is_stdin)
+		return r->done ? "ended" : "open";
+	if (u == NULL)
+		return "closed";
+	if (u->dq != NULL)
+		return "resolving";
+	if (u->c == NULL)
+		return u->retry_at != 0 ? "waiting" : "closed";
+	return u->c->state == CONN_OPEN ? "open" :
+	    u->c->state == CONN_CONNECTING ? "connecting" : "handshake";
+}
+
+/* The feeds of a configured route, one at a time: first, then next. */
+static struct route *
+feed_iter(struct route *conf, struct route *prev)
+{
+	if (!conf->prefix && !opt.tunnel)
+		return prev == NULL ? conf : NULL;
+	return prev == NULL ? conf->inst : prev->inext;
+}
+
+/* One feed as a JSON object. */
+static void
+stats_feed_json(struct sbuf *b, const struct route *r)
+{
+	char since[32] = "null";
+	time_t t;
+
+	if (r->up != NULL && r->up->up_since != 0 && r->up->c != NULL &&
+	    r->up->c->state == CONN_OPEN) {
+		t = time(NULL) - (time_t)((now - r->up->up_since) / 1000);
+		strftime(since, sizeof since, "\"%Y-%m-%dT%H:%M:%SZ\"",
+		    gmtime(&t));
+	}
+	sb_printf(b, "{\"path\":");
+	sb_quote(b, r->path);
+	sb_printf(b, ",\"state\":\"%s\",\"connected_since\":%s,"
+	    "\"reconnects\":%u,\"messages_in\":%" PRIu64 ",\"bytes_in\":%"
+	    PRIu64 ",\"messages_out\":%" PRIu64 ",\"bytes_out\":%" PRIu64
+	    ",\"clients\":%u,\"slow_clients_dropped\":%" PRIu64
+	    ",\"queue_high_water\":%zu}", feed_state(r), since,
+	    r->up && r->up->connects ? r->up->connects - 1 : 0, r->msgs_in,
+	    r->bytes_in, r->msgs_out, r->bytes_out, r->nclients, r->dropped,
+	    r->qhwm);
+}
+
+static void
+stats_json(struct sbuf *b)
+{
+	struct route *conf, *r;
+	size_t i;
+
+	sb_printf(b, "{\"version\":\"" VERSION "\",\"uptime_seconds\":%" PRId64
+	    ",\"rss_kib\":%lu,\"clients\":%u,\"routes\":[",
+	    (now - start_ms) / 1000, rss_kib(), nclients_open);
+	for (i = 0; i < nroutes; i++) {
+		conf = &routes[i];
+		sb_printf(b, "%s{\"path\":", i ? "," : "");
+		sb_quote(b, conf->path);
+		sb_printf(b, ",\"url\":");
+		sb_quote(b, conf->is_stdin ? "-" : conf->url.text);
+		sb_printf(b, ",\"feeds\":[");
+		for (r = feed_iter(conf, NULL); r != NULL; r = feed_iter(conf, r)) {
+			stats_feed_json(b, r);
+			if (feed_iter(conf, r) != NULL)
+				sb_printf(b, ",");
+		}
+		sb_printf(b, "]}");
+	}
+	sb_printf(b, "]}\n");
+}
+
+/* The same, in Prometheus' text format: one family at a time. */
+static void
+stats_prom(struct sbuf *b)
+{
+	static const struct {
+		const char *name, *type, *help;
+	} fam[] = {
+		{ "up", "gauge", "1 while the source is connected" },
+		{ "reconnects_total", "counter", "upstream reconnections" },
+		{ "messages_in_total", "counter", "messages from the source" },
+		{ "bytes_in_total", "counter", "payload bytes from the source" },
+		{ "messages_out_total", "counter", "messages queued to clients" },
+		{ "bytes_out_total", "counter", "frame bytes queued to clients" },
+		{ "clients", "gauge", "clients of the feed" },
+		{ "slow_clients_dropped_total", "counter",
+		    "clients dropped at --max-queue" },
+		{ "queue_high_water_bytes", "gauge", "longest client queue" },
+	};
+	struct route *conf, *r;
+	uint64_t v;
+	size_t f, i;
+
+	sb_printf(b, "# TYPE wsfwd_uptime_seconds gauge\nwsfwd_uptime_seconds "
+	    "%" PRId64 "\n# TYPE wsfwd_resident_memory_bytes gauge\n"
+	    "wsfwd_resident_memory_bytes %lu\n", (now - start_ms) / 1000,
+	    rss_kib() * 1024);
+	for (f = 0; f < LEN(fam); f++) {
+		sb_printf(b, "# HELP wsfwd_feed_%s %s\n# TYPE wsfwd_feed_%s %s\n",
+		    fam[f].name, fam[f].help, fam[f].name, fam[f].type);
+		for (i = 0; i < nroutes; i++) {
+			conf = &routes[i];
+			for (r = feed_iter(conf, NULL); r != NULL;
+			    r = feed_iter(conf, r)) {
+				switch (f) {
+				case 0: v = strcmp(feed_state(r), "open") == 0;
+					break;
+				case 1: v = r->up && r->up->connects ?
+					    r->up->connects - 1 : 0;
+					break;
+				case 2: v = r->msgs_in; break;
+				case 3: v = r->bytes_in; break;
+				case 4: v = r->msgs_out; break;
+				case 5: v = r->bytes_out; break;
+				case 6: v = r->nclients; break;
+				case 7: v = r->dropped; break;
+				default: v = r->qhwm; break;
+				}
+				sb_printf(b, "wsfwd_feed_%s{route=", fam[f].name);
+				sb_quote(b, conf->path);
+				sb_printf(b, ",path=");
+				sb_quote(b, r->path);
+				sb_printf(b, "} %" PRIu64 "\n", v);
+			}
+		}
+	}
+}
+
+/* SIGUSR1: the same figures, a line per feed, to the log. */
+static void
+stats_log(void)
+{
+	struct route *conf, *r;
+	size_t i;
+
+	logmsg(L_ERR, "stats: up %" PRId64 " s, %lu KiB resident, %u clients",
+	    (now - start_ms) / 1000, rss_kib(), nclients_open);
+	for (i = 0; i < nroutes; i++) {
+		conf = &routes[i];
+		for (r = feed_iter(conf, NULL); r != NULL; r = feed_iter(conf, r))
+			logmsg(L_ERR, "stats %s: %s, %u reconnects, in %" PRIu64
+			    " msgs %" PRIu64 " B, out %" PRIu64 " msgs %" PRIu64
+			    " B, %u clients, %" PRIu64 " dropped, queue high "
+			    "water %zu B", r->path, feed_state(r),
+			    r->up && r->up->connects ? r->up->connects - 1 : 0,
+			    r->msgs_in, r->bytes_in, r->msgs_out, r->bytes_out,
+			    r->nclients, r->dropped, r->qhwm);
+	}
+}
+
+/* A plain GET of --stats: JSON, or Prometheus text when asked for. */
+static void
+stats_reply(struct conn *c, struct http *m)
+{
+	struct sbuf b;
+	struct msg *msg;
+	const char *accept = http_header(m, "Accept", NULL), *q;
+	char head[256];
+	int prom, n;
+
+	memset(&b, 0, sizeof b);
+	q = strchr(m->target, '?');
+	prom = (q != NULL && strstr(q, "format=prometheus") != NULL) ||
+	    (accept != NULL && strstr(accept, "text/plain") != NULL);
+	if (prom)
+		stats_prom(&b);
+	else
+		stats_json(&b);
+	if (b.oom) {
+		free(b.p);
+		client_reject(c, 503, "out of memory");
+		return;
+	}
+	n = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n"
+	    "Content-Length: %zu\r\nCache-Control: no-store\r\n"
+	    "Connection: close\r\n\r\n", prom ?
+	    "text/plain; version=0.0.4" : "application/json", b.len);
+	free(c->hs);
+	c->hs = NULL;
+	if ((msg = msg_new((size_t)n + b.len)) != NULL) {
+		memcpy(msg->p, head, (size_t)n);
+		memcpy(msg->p + n, b.p, b.len);
+		msg->len = (size_t)n + b.len;
+	}
+	free(b.p);
+	if (conn_queue(c, msg, 1) == 0)
+		conn_drain(c);
+}
+
 /* ==== Event loop ==== */
 
 static void
@@ -3947,8 +4278,10 @@ on_signal(int sig)
 	int e = errno;
 	void *wake = NULL;
 
-	(void)sig;
-	quit = 1;
+	if (sig == SIGUSR1)
+		dump = 1;
+	else
+		quit = 1;
 	/* Wake poll() even if the signal landed just before it was entered. */
 	if (write(wake_pipe[1], &wake, sizeof wake) < 0)
 		(void)0;
@@ -3969,6 +4302,7 @@ signal_setup(void)
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
 }
 
 /* SIGTERM/SIGINT: clients get close 1001, upstreams are told, we leave. */
@@ -4069,6 +4403,10 @@ loop(void)
 		now = now_ms();
 		if (quit && exit_at == 0)
 			shutdown_begin();
+		if (dump) {
+			dump = 0;
+			stats_log();
+		}
 		timers();
 		flush_dirty();
 		conn_reap();
@@ -4735,7 +5073,7 @@ setup(void)
 	spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (opt.syslog != NULL && syslog_open() < 0)
 		die("--syslog: %s:", opt.syslog);
-	now = now_ms();
+	start_ms = now = now_ms();
 	for (i = 0; i < nroutes; i++)
 		if (routes[i].url.tls) {
 			ca_setup();

@@ -342,5 +342,100 @@ def t_max_per_ip():
     c3.expect_msg(OP_TEXT, b"x")
 
 
+# ---------------------------------------------------------------- --stats
+
+def http_get(port, target, headers=()):
+    """(status, headers dict, body) of a plain HTTP GET."""
+    s = socket.create_connection((HOST, port), timeout=TIMEOUT)
+    wslib.SOCKS.append(s)
+    req = "GET %s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n" % (
+        target, HOST, port, "".join("%s: %s\r\n" % h for h in headers))
+    s.sendall(req.encode())
+    data = b""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    hdrs = dict((k.lower(), v.strip()) for k, _, v in (ln.partition(":") for ln in lines[1:]))
+    check(int(hdrs.get("content-length", -1)) == len(body),
+          "Content-Length %s, body %d bytes" % (hdrs.get("content-length"), len(body)))
+    return int(lines[0].split()[1]), hdrs, body
+
+
+def stats_feed(doc, route, path):
+    for r in doc["routes"]:
+        if r["path"] == route:
+            for f in r["feeds"]:
+                if f["path"] == path:
+                    return f
+    fail("no feed %s of route %s in %s" % (path, route, doc))
+
+
+@test
+def t_stats_json_prometheus_and_sigusr1():
+    up = FakeUpstream()
+    w = start_server("--stats", "/stats", "/b=" + up.url("/up"),
+                     "/ws/*=" + up.url("/p/*"), stdin=False)
+    u = up.accept()
+    u.handshake("/up")
+    c1, c2 = client(w, "/b"), client(w, "/b")
+    msgs = [b"x" * 10, b"y" * 200, b"z" * 70000]
+    for m in msgs:
+        u.send_frame(OP_BIN, m, mask=False)
+    for c in (c1, c2):
+        for m in msgs:
+            c.expect_msg(OP_BIN, m)
+    p = client(w, "/ws/q?z=1")
+    up.accept().handshake("/p/q?z=1")
+    w.wait_log("upstream /ws/q?z=1: connected")
+    st, hdrs, body = http_get(w.port, "/stats")
+    eq(st, 200, "status of GET /stats")
+    eq(hdrs.get("content-type"), "application/json", "Content-Type")
+    doc = json.loads(body)
+    f = stats_feed(doc, "/b", "/b")
+    frames = sum(len(m) + (2 if len(m) < 126 else 4 if len(m) < 65536 else 10) for m in msgs)
+    eq((f["state"], f["reconnects"], f["messages_in"], f["bytes_in"], f["messages_out"],
+        f["bytes_out"], f["clients"], f["slow_clients_dropped"]),
+       ("open", 0, 3, sum(map(len, msgs)), 6, 2 * frames, 2, 0), "feed /b")
+    check(f["connected_since"].endswith("Z"), "connected_since %r" % f["connected_since"])
+    eq(doc["clients"], 3, "clients in all")
+    check(doc["rss_kib"] > 0, "rss_kib %r" % doc["rss_kib"])
+    q = stats_feed(doc, "/ws/*", "/ws/q?z=1")
+    eq((q["state"], q["clients"]), ("open", 1), "prefix feed")
+    # A reconnect is counted.
+    u.rst()
+    up.accept(timeout=4).handshake("/up")
+    w.wait_log("upstream /b: connected", count=2)
+    doc = json.loads(http_get(w.port, "/stats?x=1")[2])
+    eq(stats_feed(doc, "/b", "/b")["reconnects"], 1, "reconnects after one")
+    st, hdrs, text = http_get(w.port, "/stats?format=prometheus")
+    check(hdrs.get("content-type", "").startswith("text/plain"), "Prometheus Content-Type")
+    text = text.decode()
+    for line in ('wsfwd_feed_messages_in_total{route="/b",path="/b"} 3',
+                 'wsfwd_feed_clients{route="/ws/*",path="/ws/q?z=1"} 1',
+                 'wsfwd_feed_reconnects_total{route="/b",path="/b"} 1',
+                 '# TYPE wsfwd_feed_bytes_out_total counter'):
+        check(line in text.splitlines(), "%r not in the Prometheus text" % line)
+    st, hdrs, text2 = http_get(w.port, "/stats", [("Accept", "text/plain")])
+    check(b"wsfwd_feed_up{" in text2, "Accept: text/plain gave %r" % text2[:80])
+    w.proc.send_signal(10)      # SIGUSR1
+    w.wait_log("stats /b: open, 1 reconnects, in 3 msgs")
+    p.close()
+
+
+@test
+def t_stats_needs_token():
+    w = start_server("--token", "tok", "--stats", "/st", "/a=-")
+    eq(http_get(w.port, "/st")[0], 401, "status without token")
+    eq(http_get(w.port, "/st?token=tok")[0], 200, "status with ?token=")
+    eq(http_get(w.port, "/st", [("Authorization", "Bearer tok")])[0], 200,
+       "status with Bearer")
+    eq(http_get(w.port, "/nope")[0], 404, "a plain GET elsewhere")
+
+
 if __name__ == "__main__":
     sys.exit(wslib.main(sys.argv, "BIN [TEST...]", "wsfwd-routing.", alarm=40))
