@@ -250,6 +250,10 @@ struct upstream {
 	int		 cat;		/* --cat: exit instead of reconnecting */
 	int		 delivered;	/* a message came on this connection */
 	unsigned	 connects;	/* successful handshakes */
+	int64_t		 rotate_at;	/* --rotate: open the successor then */
+	struct upstream	*next;		/* --rotate: the successor, connecting */
+	struct upstream	*prev;		/* a successor: the one it replaces */
+	int		 failed;	/* a successor that failed: to be freed */
 	char		 accept[29];	/* expected Sec-WebSocket-Accept */
 	char		 why[160];	/* last connect error */
 };
@@ -485,7 +489,9 @@ static void	 upstream_free(struct upstream *);
 static void	 upstream_head(struct conn *, char *, size_t, unsigned char *,
 		    size_t);
 static int	 upstream_new(struct route *);
+static void	 upstream_rotate(struct upstream *);
 static void	 upstream_start(struct upstream *);
+static void	 upstream_switch(struct upstream *);
 static int64_t	 upstream_timers(struct upstream *);
 static void	 upstream_try(struct upstream *);
 static void	 upstreams_start(void);
@@ -3292,6 +3298,7 @@ upstream_free(struct upstream *u)
 
 	if (u == NULL)
 		return;
+	upstream_free(u->next);
 	if ((c = u->c) != NULL) {
 		c->up = NULL;
 		c->route = NULL;
@@ -3489,8 +3496,8 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 		return;
 	}
 	if ((why = upstream_check(u, &m)) != NULL) {
-		if (u->route->parent != NULL && m.status >= 400 &&
-		    m.status < 500)
+		if (u->route->parent != NULL && u->prev == NULL &&
+		    m.status >= 400 && m.status < 500)
 			route_refused(u->route, why);
 		else
 			upstream_fail(u, "%s", why);
@@ -3502,11 +3509,13 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 	u->deadline = 0;
 	u->delivered = 0;
 	u->connects++;
+	u->rotate_at = opt.rotate_ms != 0 && !u->cat ? now + opt.rotate_ms : 0;
 	if (u->ai != NULL)
 		freeaddrinfo(u->ai);
 	u->ai = u->next_ai = NULL;
-	logmsg(u->cat ? L_DEBUG : L_INFO, "upstream %s: connected to %s (%s)",
-	    u->route->path, u->url->text, c->peer);
+	logmsg(u->cat ? L_DEBUG : L_INFO, "upstream %s: connected to %s (%s)%s",
+	    u->route->path, u->url->text, c->peer,
+	    u->prev != NULL ? ", the successor" : "");
 	conf = u->route->parent != NULL ? u->route->parent : u->route;
 	for (i = 0; i < conf->nsend; i++)
 		if (conn_queue(c, msg_frame(WS_OP_TEXT, 1, conf->send[i],
@@ -3523,6 +3532,8 @@ upstream_deliver(struct upstream *u, struct msg *m)
 {
 	if (u == NULL)
 		return;		/* a retired feed's connection, closing */
+	if (u->prev != NULL)
+		upstream_switch(u);
 	u->delivered = 1;
 	if (u->cat)
 		cat_deliver(m);
@@ -3555,6 +3566,15 @@ upstream_fail(struct upstream *u, const char *fmt, ...)
 		freeaddrinfo(u->ai);
 	u->ai = u->next_ai = NULL;
 	u->deadline = 0;
+	u->rotate_at = 0;
+	if (u->prev != NULL) {
+		/* The predecessor's timers free it; that one carries on. */
+		logmsg(L_INFO, "upstream %s: rotation failed: %s; keeping the "
+		    "current connection", u->route->path, why);
+		u->failed = 1;
+		u->retry_at = 0;
+		return;
+	}
 	if (u->cat) {
 		if (cat_done < 0) {
 			logmsg(L_ERR, "%s: %s", u->url->text, why);
@@ -3582,8 +3602,24 @@ upstream_timers(struct upstream *u)
 {
 	const char *phase;
 
+	int64_t next = INT64_MAX;
+
 	if (exit_at != 0)
 		return INT64_MAX;
+	if (u->next != NULL && u->next->failed) {
+		upstream_free(u->next);
+		u->next = NULL;
+		u->rotate_at = now + RETRY_MAX_MS;
+	}
+	if (u->next != NULL) {
+		next = upstream_timers(u->next);
+		if (u->next->failed)
+			next = now;	/* free it next turn */
+	} else if (u->rotate_at != 0 && now >= u->rotate_at &&
+	    u->c != NULL && u->c->state == CONN_OPEN)
+		upstream_rotate(u);
+	if (u->rotate_at != 0 && u->next == NULL)
+		next = MIN(next, u->rotate_at);
 	if (u->retry_at != 0 && now >= u->retry_at)
 		upstream_start(u);
 	if (u->deadline != 0 && now >= u->deadline) {
@@ -3595,8 +3631,51 @@ upstream_timers(struct upstream *u)
 		upstream_fail(u, "%s timed out", phase);
 	}
 	if (u->retry_at != 0)
-		return u->retry_at;
-	return u->deadline != 0 ? u->deadline : INT64_MAX;
+		return MIN(next, u->retry_at);
+	return MIN(next, u->deadline != 0 ? u->deadline : INT64_MAX);
+}
+
+/*
+ * --rotate: before the origin cuts a long-lived connection, open a second
+ * one.  Its first message switches the feed over (upstream_switch()).
+ */
+static void
+upstream_rotate(struct upstream *u)
+{
+	struct upstream *n;
+
+	u->rotate_at = 0;
+	if ((n = calloc(1, sizeof *n)) == NULL) {
+		u->rotate_at = now + RETRY_MAX_MS;
+		return;
+	}
+	n->route = u->route;
+	n->url = u->url;
+	n->prev = u;
+	u->next = n;
+	logmsg(L_INFO, "upstream %s: rotating: opening a second connection",
+	    u->route->path);
+	upstream_start(n);
+}
+
+/*
+ * The successor delivered: from this message on the feed is its.  The old
+ * connection is closed; a message that came on both can repeat, none is
+ * skipped while both were open.
+ */
+static void
+upstream_switch(struct upstream *n)
+{
+	struct upstream *old = n->prev;
+
+	old->next = NULL;
+	n->prev = NULL;
+	n->route->up = n;
+	n->backoff_ms = old->backoff_ms;
+	n->connects += old->connects;
+	upstream_free(old);
+	logmsg(L_INFO, "upstream %s: rotated to the second connection",
+	    n->route->path);
 }
 
 /* --cat: one message, one line on stdout. */

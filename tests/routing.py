@@ -13,8 +13,10 @@ every wait bounded, processes stopped by PID.  Ends with "N passed, M failed".
 
 import json
 import os
+import select
 import socket
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -296,6 +298,81 @@ def t_replay_stdin_and_no_clients():
     c.expect_msg(OP_TEXT, b"three")
     w.feed(b"four\n")
     c.expect_msg(OP_TEXT, b"four")
+
+
+# ---------------------------------------------------------------- --rotate
+
+class CounterOrigin:
+    """An origin that sends one counter, as text, to every connection it has
+    open every `period` seconds (as a real feed does); it answers wsfwd's
+    closes and counts connections and closes."""
+
+    def __init__(self, period=0.01):
+        self.up = FakeUpstream()
+        self.period = period
+        self.conns = []
+        self.accepted = 0
+        self.closes = []
+        self.stop = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        wslib.CLEANUP.append(self.halt)
+
+    def halt(self):
+        self.stop = True
+        self.thread.join(TIMEOUT)
+
+    def run(self):
+        n = 0
+        self.up.lsock.setblocking(False)
+        deadline = time.monotonic() + 30          # bounded, whatever happens
+        while not self.stop and time.monotonic() < deadline:
+            r, _, _ = select.select([self.up.lsock] + [c.sock for c in self.conns], [], [],
+                                    self.period)
+            if self.up.lsock in r:
+                s, _ = self.up.lsock.accept()
+                s.setblocking(True)
+                c = wslib.UpConn(s, self.up.port)
+                c.handshake("/feed")
+                self.conns.append(c)
+                self.accepted += 1
+            for c in list(self.conns):
+                if c.sock in r:
+                    try:
+                        f = c.recv_frame(1)
+                    except TestFail:
+                        self.conns.remove(c)
+                        continue
+                    if f.opcode == OP_CLOSE:
+                        self.closes.append(f.code)
+                        c.send_frame(OP_CLOSE, f.payload, mask=False)
+                        self.conns.remove(c)
+            n += 1
+            for c in list(self.conns):
+                try:
+                    c.send_frame(OP_TEXT, b"%d" % n, mask=False)
+                except OSError:
+                    self.conns.remove(c)
+
+
+@test
+def t_rotate_without_gap():
+    o = CounterOrigin()
+    w = start_server("--rotate", "1", "/b=" + o.up.url("/feed"), stdin=False)
+    c = client(w, "/b")
+    seen = []
+    deadline = time.monotonic() + 3.6
+    while time.monotonic() < deadline:
+        seen.append(int(c.recv_msg().payload))
+    o.halt()
+    check(o.accepted >= 3, "%d upstream connections in 3.6 s with --rotate 1" % o.accepted)
+    w.wait_log("rotated to the second connection", count=2)
+    check(o.closes.count(1000) >= 2, "old connections closed with %r" % o.closes)
+    gaps = [(a, b) for a, b in zip(seen, seen[1:]) if b > a + 1]
+    back = [(a, b) for a, b in zip(seen, seen[1:]) if b < a]
+    check(not gaps, "gaps in the counter: %s" % gaps[:5])
+    check(not back, "the counter went back: %s" % back[:5])
+    check(len(seen) > 100, "only %d messages" % len(seen))
 
 
 # ---------------------------------------------------------------- access control
