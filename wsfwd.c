@@ -194,6 +194,7 @@ struct ipcount {
 struct conn {
 	int		 fd;
 	unsigned char	 kind, state, shut, dirty, joined, pending;
+	unsigned char	 pinged;	/* our ping is out: its pong is ours */
 	unsigned	 id;
 	unsigned	 close_code;	/* what we sent or will log */
 	int64_t		 deadline;	/* handshake, close or drain timer; 0: none */
@@ -290,6 +291,15 @@ struct route {
 	uint64_t	 msgs_out, bytes_out;	/* queued to clients: frames */
 	uint64_t	 dropped;	/* slow clients */
 	size_t		 qhwm;		/* longest client queue seen */
+	struct conn	*tclient;	/* tunnel: its client, waiting or open */
+	char		 accept[29];	/* tunnel: the client's accept value */
+	char		*proto;		/* tunnel: subprotocols it offered */
+	unsigned char	*stash;		/* tunnel: its bytes before the 101 */
+	size_t		 stashlen;
+	struct queue	 held;		/* --client-rate: frames waiting */
+	int64_t		*rate_ts;	/* --client-rate: when the last N went */
+	unsigned	 rate_i, rate_n;
+	int		 rate_logged;
 };
 
 struct http {
@@ -360,12 +370,14 @@ static int	 client_check(struct conn *, struct http *, const char **,
 		    const char **);
 static void	 client_head(struct conn *, char *, size_t, unsigned char *,
 		    size_t);
-static void	 client_join(struct conn *, const char *);
+static void	 client_join(struct conn *, const char *, const char *);
 static void	 client_leave(struct conn *, const char *);
 static void	 client_reject(struct conn *, int, const char *);
 static int	 client_stats(struct conn *, struct http *);
 static void	 client_unlink(struct conn *);
 static int	 close_code_valid(unsigned);
+static void	 conn_close_body(struct conn *, const unsigned char *, size_t,
+		    int);
 static void	 conn_closed_by_peer(struct conn *, unsigned);
 static void	 conn_drain(struct conn *);
 static const char	*conn_error(struct conn *);
@@ -481,6 +493,17 @@ static int	 tls_start(struct conn *, const struct url *);
 static void	 tls_why(struct tls *, int);
 static int	 token_eq(const char *, size_t);
 static int	 token_ok(struct http *, int);
+static int	 tunnel_begin(struct conn *, struct http *, const char *,
+		    const char **);
+static int	 tunnel_behind(struct conn *);
+static void	 tunnel_close(struct conn *);
+static void	 tunnel_ctl(struct conn *, int, const unsigned char *, size_t);
+static void	 tunnel_fail(struct route *, const char *);
+static void	 tunnel_open(struct route *, const char *);
+static struct conn	*tunnel_peer(struct conn *);
+static int64_t	 tunnel_release(struct route *);
+static void	 tunnel_send(struct conn *, int, const void *, size_t);
+static void	 tunnel_stash(struct conn *, const unsigned char *, size_t);
 static const char	*upstream_check(struct upstream *, struct http *);
 static void	 upstream_connect_done(struct conn *, int);
 static void	 upstream_deliver(struct upstream *, struct msg *);
@@ -1439,9 +1462,9 @@ ws_head(struct conn *c)
 	if (len > opt.max_message - d->msglen)
 		return CLOSE_TOO_BIG;
 	d->msglen += len;
-	if (c->kind == CONN_CLIENT)
+	if (c->kind == CONN_CLIENT && !opt.tunnel)
 		return 0;
-	/* Upstream: the message is kept, in the buffer it will be sent from. */
+	/* The message is kept, in the buffer it will be sent from. */
 	need = (size_t)d->msglen;
 	if (d->msg == NULL || need > d->msgcap) {
 		if (d->msg != NULL && need < d->msgcap * 2)
@@ -1468,7 +1491,7 @@ ws_data(struct conn *c, const unsigned char *p, size_t n)
 
 	if (d->msgop == WS_OP_TEXT && utf8_check(&d->utf8, p, n) < 0)
 		return CLOSE_BAD_DATA;
-	if (c->kind == CONN_UPSTREAM)
+	if (d->msg != NULL)
 		memcpy(d->msg->data + FRAME_HEAD + (d->msglen - d->left), p, n);
 	return 0;
 }
@@ -1481,17 +1504,23 @@ ws_control(struct conn *c)
 	unsigned code = 0;
 	uint32_t st = 0;
 
-	if (d->op == WS_OP_PING) {
+	if (d->op == WS_OP_PONG && c->pinged && d->ctllen == 0) {
+		c->pinged = 0;		/* the answer to our keepalive */
+		return 0;
+	}
+	if (d->op == WS_OP_PING || d->op == WS_OP_PONG) {
+		if (opt.tunnel) {	/* the other side answers */
+			tunnel_ctl(c, d->op, d->ctl, d->ctllen);
+			return 0;
+		}
 		/*
 		 * 5.5.3 lets us answer only some pings: a peer that pings and
 		 * never reads does not get to fill our memory with pongs.
 		 */
-		if (c->q.bytes < opt.max_queue)
+		if (d->op == WS_OP_PING && c->q.bytes < opt.max_queue)
 			conn_send_ctl(c, WS_OP_PONG, d->ctl, d->ctllen);
 		return 0;
 	}
-	if (d->op == WS_OP_PONG)
-		return 0;
 	/* 5.5.1: a close body is empty or a valid code plus UTF-8 reason. */
 	if (d->ctllen == 1)
 		return CLOSE_PROTOCOL;
@@ -1522,9 +1551,18 @@ ws_frame_end(struct conn *c)
 	if (op == WS_OP_TEXT && (d->utf8 & 0xff) != 0)
 		return CLOSE_BAD_DATA;	/* message ends inside a code point */
 	d->msgop = 0;
-	if (c->kind == CONN_CLIENT)
+	if (c->kind == CONN_CLIENT && !opt.tunnel)
 		return 0;	/* clients' messages go nowhere */
 	m = d->msg;
+	if (c->kind == CONN_CLIENT) {
+		tunnel_send(c, op, m->data + FRAME_HEAD, (size_t)d->msglen);
+		if (d->msgcap > REUSE_MAX && c->state != CONN_DEAD) {
+			msg_unref(m);
+			d->msg = NULL;
+			d->msgcap = 0;
+		}
+		return 0;
+	}
 	msg_seal(m, op, (size_t)d->msglen);
 	upstream_deliver(c->up, m);
 	if (c->state == CONN_DEAD)
@@ -2245,6 +2283,11 @@ conn_kill(struct conn *c)
 	if (c->state == CONN_DEAD)
 		return;
 	client_unlink(c);
+	if (c->kind == CONN_CLIENT && c->route != NULL &&
+	    c->route->tclient == c) {
+		c->route->tclient = NULL;	/* a waiting tunnel client */
+		c->route->linger_at = now;
+	}
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
@@ -2380,12 +2423,20 @@ conn_send_close(struct conn *c, unsigned code, int urgent)
 
 	body[0] = (unsigned char)(code >> 8);
 	body[1] = (unsigned char)code;
+	conn_close_body(c, body, code ? 2 : 0, urgent);
+}
+
+/* The same with a whole close body: a code and a reason, or nothing. */
+static void
+conn_close_body(struct conn *c, const unsigned char *body, size_t n,
+    int urgent)
+{
 	if (urgent)
 		queue_clear(&c->q, 1);
 	if (conn_queue(c, msg_frame(WS_OP_CLOSE, c->kind == CONN_UPSTREAM,
-	    body, code ? 2 : 0), 0) < 0)
+	    body, n), 0) < 0)
 		return;
-	c->close_code = code;
+	c->close_code = n >= 2 ? (unsigned)body[0] << 8 | body[1] : 0;
 	c->state = urgent ? CONN_DRAIN : CONN_CLOSING;
 	c->deadline = timer_at(now + CLOSE_TIMEOUT_MS);
 	if (urgent && c->kind == CONN_UPSTREAM)
@@ -2463,13 +2514,15 @@ conn_closed_by_peer(struct conn *c, unsigned code)
 		conn_drain(c);
 		return;
 	}
+	if (opt.tunnel)
+		tunnel_close(c);	/* the other side gets the same */
 	if (c->kind == CONN_CLIENT) {
 		client_leave(c, why);
 		conn_send_close(c, code, 1);
 		return;
 	}
 	conn_send_close(c, code, 1);
-	if (c->up == NULL)
+	if (c->up == NULL || opt.tunnel)
 		return;
 	if (c->up->cat) {
 		if (code != CLOSE_NORMAL)
@@ -2569,7 +2622,10 @@ conn_input(struct conn *c, unsigned char *buf, size_t n)
 
 	switch (c->state) {
 	case CONN_HANDSHAKE:
-		conn_head(c, buf, n);
+		if (c->kind == CONN_CLIENT && c->route != NULL)
+			tunnel_stash(c, buf, n);	/* waits for its 101 */
+		else
+			conn_head(c, buf, n);
 		break;
 	case CONN_OPEN:
 	case CONN_CLOSING:
@@ -2624,6 +2680,10 @@ conn_events(struct conn *c)
 	if (c->kind == CONN_UPSTREAM && c->state == CONN_OPEN &&
 	    route_behind(c->route))
 		ev &= ~POLLIN;
+	/* A tunnel's client waits for its 101, its rate, or its upstream. */
+	if (c->kind == CONN_CLIENT && opt.tunnel && c->route != NULL &&
+	    tunnel_behind(c))
+		ev &= ~POLLIN;
 	return ev;
 }
 
@@ -2633,6 +2693,11 @@ conn_timers(struct conn *c)
 {
 	int64_t next = INT64_MAX;
 
+	if (c->deadline != 0 && now >= c->deadline && c->kind == CONN_CLIENT &&
+	    c->state == CONN_HANDSHAKE && c->route != NULL) {
+		tunnel_fail(c->route, "handshake timed out");
+		return INT64_MAX;
+	}
 	if (c->deadline != 0 && now >= c->deadline) {
 		logmsg(L_DEBUG, "[%u] %s: %s timed out", c->id, c->peer,
 		    c->state == CONN_HANDSHAKE ? "handshake" : "close");
@@ -2652,6 +2717,7 @@ conn_timers(struct conn *c)
 	}
 	if (now >= c->ping_at) {
 		conn_send_ctl(c, WS_OP_PING, NULL, 0);
+		c->pinged = 1;
 		c->ping_at = ping_next();
 	}
 	next = MIN(next, c->ping_at);
@@ -2756,8 +2822,10 @@ client_unlink(struct conn *c)
 	c->route = NULL;
 	r->nclients--;
 	nclients_open--;
+	if (r->tclient == c)
+		r->tclient = NULL;
 	if (r->nclients == 0 && r->parent != NULL)
-		r->linger_at = now + opt.linger_ms;
+		r->linger_at = now + (opt.tunnel ? 0 : opt.linger_ms);
 }
 
 /* Refuse an upgrade with an HTTP status, then close. */
@@ -2944,23 +3012,28 @@ client_check(struct conn *c, struct http *m, const char **key,
 	*why = "--max-clients reached";
 	if (opt.max_clients != 0 && nclients_open >= opt.max_clients)
 		return 503;
-	c->route = conf->prefix ? route_instance(conf, path, &status, why) :
-	    conf;
-	return c->route != NULL ? 101 : status;
+	if (!conf->prefix && !opt.tunnel) {
+		c->route = conf;
+		return 101;
+	}
+	if ((c->route = route_instance(conf, path, &status, why)) == NULL)
+		return status;
+	return opt.tunnel ? tunnel_begin(c, m, *key, why) : 101;
 }
 
 /* Accept the upgrade and put c on its route. */
 static void
-client_join(struct conn *c, const char *key)
+client_join(struct conn *c, const char *accept, const char *proto)
 {
 	struct route *r = c->route;
-	char buf[160], accept[29];
+	char buf[512];
 	int n;
 
-	ws_accept_key(accept, key, strlen(key));
 	n = snprintf(buf, sizeof buf, "HTTP/1.1 101 Switching Protocols\r\n"
 	    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-	    "Sec-WebSocket-Accept: %s\r\n\r\n", accept);
+	    "Sec-WebSocket-Accept: %s\r\n%s%s%s\r\n", accept,
+	    proto ? "Sec-WebSocket-Protocol: " : "", proto ? proto : "",
+	    proto ? "\r\n" : "");
 	if (conn_queue(c, msg_raw(buf, (size_t)n), 1) < 0)
 		return;
 	c->state = CONN_OPEN;
@@ -2990,6 +3063,7 @@ client_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 {
 	struct http m;
 	const char *key = NULL, *why;
+	char accept[29];
 	int status, code;
 
 	if (http_parse(h, end, &m, 0) < 0) {
@@ -3002,7 +3076,12 @@ client_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 		client_reject(c, status, why);
 		return;
 	}
-	client_join(c, key);
+	if (opt.tunnel) {		/* the upstream answers first */
+		tunnel_stash(c, rest, n);
+		return;
+	}
+	ws_accept_key(accept, key, strlen(key));
+	client_join(c, accept, NULL);
 	if (c->state == CONN_OPEN && n > 0 && (code = ws_feed(c, rest, n)))
 		conn_fail(c, code);
 }
@@ -3304,7 +3383,7 @@ upstream_free(struct upstream *u)
 		c->route = NULL;
 		if (c->state == CONN_OPEN)
 			conn_send_close(c, CLOSE_NORMAL, 0);
-		else
+		else if (c->state != CONN_CLOSING && c->state != CONN_DRAIN)
 			conn_kill(c);
 	}
 	if (u->dq != NULL)
@@ -3419,6 +3498,7 @@ upstream_connect_done(struct conn *c, int err)
 {
 	struct upstream *u = c->up;
 	unsigned char raw[16];
+	const char *proto;
 	char key[25], buf[HEADER_MAX];
 	int n, one = 1;
 
@@ -3438,11 +3518,13 @@ upstream_connect_done(struct conn *c, int err)
 	rand_bytes(raw, sizeof raw);
 	b64_encode(key, raw, sizeof raw);
 	ws_accept_key(u->accept, key, strlen(key));
+	proto = u->route->proto;
 	n = snprintf(buf, sizeof buf, "GET %s HTTP/1.1\r\nHost: %s\r\n"
 	    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-	    "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+	    "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s%s%s"
 	    "User-Agent: wsfwd/" VERSION "\r\n\r\n", u->url->target,
-	    u->url->hosthdr, key);
+	    u->url->hosthdr, key, proto ? "Sec-WebSocket-Protocol: " : "",
+	    proto ? proto : "", proto ? "\r\n" : "");
 	if (n < 0 || n >= (int)sizeof buf) {
 		upstream_fail(u, "URL too long for a request");
 		return;
@@ -3471,10 +3553,11 @@ upstream_check(struct upstream *u, struct http *m)
 	if ((v = http_header(m, "Sec-WebSocket-Accept", NULL)) == NULL ||
 	    strcmp(v, u->accept) != 0)
 		return "handshake: wrong Sec-WebSocket-Accept";
-	/* We asked for no extension and no subprotocol. */
+	/* We asked for no extension, and only a tunnel's subprotocols. */
 	if (http_header(m, "Sec-WebSocket-Extensions", NULL) != NULL)
 		return "handshake: unrequested extension";
-	if (http_header(m, "Sec-WebSocket-Protocol", NULL) != NULL)
+	if ((v = http_header(m, "Sec-WebSocket-Protocol", NULL)) != NULL &&
+	    (u->route->proto == NULL || !http_has_token(u->route->proto, v)))
 		return "handshake: unrequested subprotocol";
 	return NULL;
 }
@@ -3497,7 +3580,7 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 	}
 	if ((why = upstream_check(u, &m)) != NULL) {
 		if (u->route->parent != NULL && u->prev == NULL &&
-		    m.status >= 400 && m.status < 500)
+		    !opt.tunnel && m.status >= 400 && m.status < 500)
 			route_refused(u->route, why);
 		else
 			upstream_fail(u, "%s", why);
@@ -3521,6 +3604,9 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 		if (conn_queue(c, msg_frame(WS_OP_TEXT, 1, conf->send[i],
 		    conf->sendlen[i]), 0) < 0)
 			return;
+	if (opt.tunnel)
+		tunnel_open(u->route, http_header(&m, "Sec-WebSocket-Protocol",
+		    NULL));
 	/* Frames that came in the same read as the 101 are the first data. */
 	if (n > 0 && (code = ws_feed(c, rest, n)))
 		conn_fail(c, code);
@@ -3573,6 +3659,10 @@ upstream_fail(struct upstream *u, const char *fmt, ...)
 		    "current connection", u->route->path, why);
 		u->failed = 1;
 		u->retry_at = 0;
+		return;
+	}
+	if (opt.tunnel && u->route->parent != NULL) {
+		tunnel_fail(u->route, why);	/* no retry: its client goes */
 		return;
 	}
 	if (u->cat) {
@@ -3717,6 +3807,227 @@ cat_deliver(struct msg *m)
 	}
 }
 
+/* ==== Tunnel (--tunnel): an upstream per client, both ways ==== */
+
+/*
+ * A tunnel's client is answered once its upstream has answered: keep what
+ * its 101 will need (accept value, offered subprotocols) and connect.
+ * Returns 101 or the HTTP status to refuse with.
+ */
+static int
+tunnel_begin(struct conn *c, struct http *m, const char *key,
+    const char **why)
+{
+	struct route *r = c->route;
+	const char *v;
+	size_t i;
+	int n, status = 400;
+
+	*why = "bad Sec-WebSocket-Protocol";
+	if ((v = http_header(m, "Sec-WebSocket-Protocol", &n)) != NULL) {
+		if (n != 1 || strlen(v) > 256)
+			goto fail;
+		for (i = 0; v[i] != '\0'; i++)
+			if ((unsigned char)v[i] < 0x20 ||
+			    (unsigned char)v[i] >= 0x7f)
+				goto fail;
+	}
+	status = 503, *why = "out of memory";
+	if ((v != NULL && (r->proto = strdup(v)) == NULL) ||
+	    (opt.client_rate != 0 && (r->rate_ts = calloc(opt.client_rate,
+	    sizeof *r->rate_ts)) == NULL))
+		goto fail;
+	r->tclient = c;
+	ws_accept_key(r->accept, key, strlen(key));
+	upstream_start(r->up);
+	return 101;
+fail:
+	c->route = NULL;
+	r->linger_at = now;	/* the feed is retired */
+	return status;
+}
+
+/* Bytes a waiting client sent behind its request: kept for after its 101. */
+static void
+tunnel_stash(struct conn *c, const unsigned char *p, size_t n)
+{
+	struct route *r = c->route;
+	unsigned char *v;
+
+	if (n == 0)
+		return;
+	if (r->stashlen + n > RBUF_SIZE ||
+	    (v = realloc(r->stash, r->stashlen + n)) == NULL) {
+		conn_lost(c, "too much data before its 101");
+		return;
+	}
+	memcpy(v + r->stashlen, p, n);
+	r->stash = v;
+	r->stashlen += n;
+}
+
+/* The upstream said 101: so do we, with its subprotocol, if any. */
+static void
+tunnel_open(struct route *r, const char *proto)
+{
+	struct conn *c = r->tclient;
+	int code;
+
+	if (c == NULL)
+		return;		/* it left while we connected */
+	free(c->hs);
+	c->hs = NULL;
+	c->hslen = 0;
+	client_join(c, r->accept, proto);
+	if (c->state == CONN_OPEN && r->stashlen > 0 &&
+	    (code = ws_feed(c, r->stash, r->stashlen)) != 0)
+		conn_fail(c, code);
+	free(r->stash);
+	r->stash = NULL;
+	r->stashlen = 0;
+}
+
+/* The other end of c's tunnel, if it is open. */
+static struct conn *
+tunnel_peer(struct conn *c)
+{
+	struct route *r = c->route;
+	struct conn *p;
+
+	if (r == NULL)
+		return NULL;
+	if (c->kind == CONN_CLIENT)
+		p = r->up != NULL ? r->up->c : NULL;
+	else
+		p = r->tclient;
+	return p != NULL && p->state == CONN_OPEN ? p : NULL;
+}
+
+/* Should a tunnel's client wait before we read more of it? */
+static int
+tunnel_behind(struct conn *c)
+{
+	struct route *r = c->route;
+	struct conn *u = r->up != NULL ? r->up->c : NULL;
+
+	return c->state == CONN_HANDSHAKE || r->held.n > 0 ||
+	    (u != NULL && u->q.bytes >= pace_bytes());
+}
+
+/* A client's frame (message, ping or pong) on to its upstream, masked. */
+static void
+tunnel_send(struct conn *c, int op, const void *p, size_t n)
+{
+	struct route *r = c->route;
+	struct msg *m;
+
+	if (tunnel_peer(c) == NULL)
+		return;
+	if ((m = msg_frame(op, 1, p, n)) == NULL ||
+	    queue_push(&r->held, m, 0) < 0) {
+		msg_unref(m);
+		conn_lost(c, "out of memory");
+		return;
+	}
+	msg_unref(m);
+	tunnel_release(r);
+}
+
+/*
+ * Hand the client's frames to the upstream as --client-rate allows: a
+ * frame goes only when the one --client-rate before it is a second old,
+ * so no one-second window ever sees more.  The rest wait, in order, and
+ * the client is not read meanwhile.  Returns when the next may go.
+ */
+static int64_t
+tunnel_release(struct route *r)
+{
+	struct conn *u = r->up != NULL ? r->up->c : NULL;
+	struct msg *m;
+	int64_t at;
+
+	while (r->held.n > 0) {
+		if (u == NULL || u->state != CONN_OPEN) {
+			queue_clear(&r->held, 0);
+			break;
+		}
+		if (opt.client_rate != 0) {
+			at = r->rate_ts[r->rate_i];
+			if (r->rate_n == opt.client_rate && now - at < 1000) {
+				if (!r->rate_logged++)
+					logmsg(L_INFO, "route %s: client over "
+					    "--client-rate %u/s; its messages are "
+					    "delayed", r->path, opt.client_rate);
+				return at + 1000;
+			}
+			r->rate_ts[r->rate_i] = now;
+			r->rate_i = (r->rate_i + 1) % opt.client_rate;
+			if (r->rate_n < opt.client_rate)
+				r->rate_n++;
+		}
+		m = r->held.v[r->held.head];
+		m->refs++;
+		queue_consume(&r->held, m->len);
+		if (conn_queue(u, m, 0) < 0)
+			break;
+	}
+	return INT64_MAX;
+}
+
+/* A ping or pong is the other side's to answer: relay it. */
+static void
+tunnel_ctl(struct conn *c, int op, const unsigned char *p, size_t n)
+{
+	struct conn *to = tunnel_peer(c);
+
+	if (to == NULL || to->q.bytes >= opt.max_queue)
+		return;
+	if (c->kind == CONN_CLIENT)
+		tunnel_send(c, op, p, n);	/* in order, at its rate */
+	else
+		conn_send_ctl(to, op, p, n);
+}
+
+/* A close from one side goes to the other: code and reason as they came. */
+static void
+tunnel_close(struct conn *c)
+{
+	struct conn *to = tunnel_peer(c);
+
+	if (to == NULL)
+		return;
+	if (to->kind == CONN_CLIENT) {
+		batch_flush(to->route);		/* what came before it */
+		client_leave(to, "upstream closed");
+	}
+	conn_close_body(to, c->d.ctl, c->d.ctllen, 0);
+}
+
+/*
+ * A tunnel's upstream failed or refused: a waiting client gets 502 (why
+ * goes to the log only), an open one close 1014.  No retry: the feed goes.
+ */
+static void
+tunnel_fail(struct route *r, const char *why)
+{
+	struct conn *c = r->tclient;
+
+	r->linger_at = now;
+	if (c == NULL)
+		return;
+	r->tclient = NULL;
+	logmsg(L_INFO, "[%u] %s: upstream %s: %s", c->id, c->peer, r->path,
+	    why);
+	if (c->joined) {
+		batch_flush(r);
+		client_leave(c, "upstream lost");
+		conn_send_close(c, CLOSE_BAD_GATEWAY, 0);
+	} else if (c->state == CONN_HANDSHAKE) {
+		c->route = NULL;
+		client_reject(c, 502, "the upstream is unavailable");
+	}
+}
+
 /* ==== Routes and stdin ==== */
 
 /* The configured route for a request path: exact, else the longest prefix. */
@@ -3812,11 +4123,13 @@ route_instance(struct route *p, const char *key, int *status,
 	char *text = NULL, err[128];
 	size_t pre = strlen(p->path) - 1, tl = strlen(p->url.text) - 1;
 
-	for (r = p->inst; r != NULL; r = r->inext)
+	for (r = opt.tunnel ? NULL : p->inst; r != NULL; r = r->inext)
 		if (strcmp(r->path, key) == 0)
 			return r;
 	*status = 400, *why = "bad characters or dot segment in path";
-	if (!route_rest_ok(key + pre))
+	if (!p->prefix)
+		pre = strlen(key), tl++;	/* the URL as it is */
+	else if (!route_rest_ok(key + pre))
 		return NULL;
 	*status = 503, *why = "--max-upstreams reached";
 	if (p->ninst >= opt.max_upstreams)
@@ -3836,7 +4149,7 @@ route_instance(struct route *p, const char *key, int *status,
 	text = NULL;
 	r->parent = p;
 	r->host = p->host;
-	r->linger_at = now + opt.linger_ms;	/* until a client joins */
+	r->linger_at = opt.tunnel ? 0 : now + opt.linger_ms;	/* until joined */
 	if (upstream_new(r) < 0)
 		goto fail;
 	r->inext = p->inst;
@@ -3844,7 +4157,8 @@ route_instance(struct route *p, const char *key, int *status,
 	p->ninst++;
 	feed_link(r);
 	logmsg(L_DEBUG, "route %s: new feed %s", p->path, r->path);
-	upstream_start(r->up);
+	if (!opt.tunnel)
+		upstream_start(r->up);	/* a tunnel's, once its client is set */
 	return r;
 fail:
 	free(text);
@@ -3875,6 +4189,10 @@ route_retire(struct route *r)
 	for (i = 0; i < r->ringn; i++)
 		msg_unref(r->ring[(r->ringhead + i) % opt.replay]);
 	free(r->ring);
+	free(r->proto);
+	free(r->stash);
+	queue_clear(&r->held, 0);
+	free(r->rate_ts);
 	free(r->url.text);
 	free(r->url.target);
 	free(r->path);
@@ -4434,7 +4752,10 @@ timers(void)
 	next = MIN(next, timer_next);
 	for (r = feeds; r != NULL; r = rnext) {
 		rnext = r->lnext;
-		if (r->linger_at != 0 && r->nclients == 0 && exit_at == 0) {
+		if (r->held.n > 0 && (t = tunnel_release(r)) < next)
+			next = t;
+		if (r->linger_at != 0 && r->nclients == 0 &&
+		    r->tclient == NULL && exit_at == 0) {
 			if (now >= r->linger_at) {
 				route_retire(r);
 				continue;
@@ -5121,8 +5442,8 @@ upstreams_start(void)
 		r = &routes[i];
 		if (!r->is_stdin && opt.cat == NULL)
 			r->host = host_get(&r->url);
-		if (r->prefix)
-			continue;
+		if (r->prefix || opt.tunnel)
+			continue;	/* their feeds come with their clients */
 		feed_link(r);
 		if (r->is_stdin) {
 			stdin_route = r;

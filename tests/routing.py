@@ -323,6 +323,12 @@ class CounterOrigin:
         self.thread.join(TIMEOUT)
 
     def run(self):
+        try:
+            self.serve_all()
+        except (OSError, ValueError):
+            return                  # sockets closed as the test ended
+
+    def serve_all(self):
         n = 0
         self.up.lsock.setblocking(False)
         deadline = time.monotonic() + 30          # bounded, whatever happens
@@ -373,6 +379,242 @@ def t_rotate_without_gap():
     check(not gaps, "gaps in the counter: %s" % gaps[:5])
     check(not back, "the counter went back: %s" % back[:5])
     check(len(seen) > 100, "only %d messages" % len(seen))
+
+
+# ---------------------------------------------------------------- --tunnel
+
+class EchoOrigin:
+    """An origin that echoes every data frame back with its opcode, answers
+    pings, records what it got (per connection: (opcode, payload, time)) and
+    answers closes.  One thread per connection, each bounded in time."""
+
+    def __init__(self, pick_protocol=None, first=None):
+        self.up = FakeUpstream()
+        self.pick = pick_protocol
+        self.first = first          # sent to each connection after the 101
+        self.conns = []             # [(UpConn, head, [records])]
+        self.stop = False
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.accept_loop, daemon=True)
+        self.thread.start()
+        wslib.CLEANUP.append(self.halt)
+
+    def halt(self):
+        self.stop = True
+        self.thread.join(TIMEOUT)
+
+    def accept_loop(self):
+        self.up.lsock.settimeout(0.1)
+        deadline = time.monotonic() + 30
+        while not self.stop and time.monotonic() < deadline:
+            try:
+                s, _ = self.up.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return              # closed as the test ended
+            s.settimeout(None)
+            threading.Thread(target=self.serve, args=(s,), daemon=True).start()
+
+    def serve(self, s):
+        c = wslib.UpConn(s, self.up.port)
+        got = []
+        try:
+            head = c.read_head()
+            extra = ""
+            if self.pick and head.get("sec-websocket-protocol"):
+                extra = "Sec-WebSocket-Protocol: %s\r\n" % self.pick
+            c.send_raw(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n"
+                        % (wslib.accept_key(head.get("sec-websocket-key")), extra)).encode())
+            with self.lock:
+                self.conns.append((c, head, got))
+            if self.first:
+                c.send_frame(OP_TEXT, self.first, mask=False)
+            deadline = time.monotonic() + 20
+            while not self.stop and time.monotonic() < deadline:
+                try:
+                    f = c.recv_frame(0.2)
+                except Timeout:
+                    continue
+                got.append((f.opcode, f.payload, time.monotonic()))
+                if f.opcode == OP_PING:
+                    c.send_frame(OP_PONG, f.payload, mask=False)
+                elif f.opcode == OP_CLOSE:
+                    c.send_frame(OP_CLOSE, f.payload, mask=False)
+                    return
+                elif f.opcode in (OP_TEXT, OP_BIN):
+                    c.send_frame(f.opcode, f.payload, mask=False)
+        except (TestFail, OSError):
+            return
+
+    def wait_conns(self, n, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.conns) >= n:
+                    return list(self.conns)
+            time.sleep(0.01)
+        fail("the origin has %d connections, want %d" % (len(self.conns), n))
+
+    def wait_record(self, i, pred, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            recs = self.conns[i][2]
+            for r in recs:
+                if pred(r):
+                    return r
+            time.sleep(0.01)
+        fail("the origin's connection %d never got the frame (has %r)"
+             % (i, [(op, p[:20]) for op, p, _ in self.conns[i][2]]))
+
+
+def tunnel_client(w, path="/t", headers=None):
+    ws = WS(w.port)
+    req, key = build_request(w.port, path, headers=headers)
+    ws.send_raw(req)
+    head = ws.read_head()
+    eq(head.status, 101, "status of the tunnel's upgrade")
+    check_101(head, key)
+    return ws, head
+
+
+@test
+def t_tunnel_both_ways():
+    o = EchoOrigin()
+    w = start_server("--tunnel", "/t=" + o.up.url("/echo"), stdin=False)
+    a, _ = tunnel_client(w)
+    b, _ = tunnel_client(w)
+    o.wait_conns(2)
+    big = os.urandom(200000)
+    a.send_frame(OP_TEXT, b"hello")
+    a.expect_msg(OP_TEXT, b"hello")
+    b.send_frame(OP_BIN, b"\x00\x01")
+    b.expect_msg(OP_BIN, b"\x00\x01")
+    a.send_frame(OP_BIN, big[:1000], fin=False)
+    a.send_frame(0, big[1000:], fin=True)
+    a.expect_msg(OP_BIN, big)
+    # Pings go through: the origin answers them.
+    a.send_frame(OP_PING, b"p1")
+    f = a.recv_frame()
+    eq((f.opcode, f.payload), (OP_PONG, b"p1"), "the pong to a relayed ping")
+    o.wait_record(0, lambda r: r[0] == OP_PING and r[1] == b"p1")
+    # The origin pings the client: relayed, and the client's pong goes back.
+    c0 = [c for c in o.conns]
+    for conn, head, recs in c0:
+        conn.send_frame(OP_PING, b"from-origin", mask=False)
+    for ws in (a, b):
+        f = ws.recv_frame()
+        eq((f.opcode, f.payload), (OP_PING, b"from-origin"), "relayed ping")
+        ws.send_frame(OP_PONG, b"from-origin")
+    for i in range(2):
+        o.wait_record(i, lambda r: r[0] == OP_PONG and r[1] == b"from-origin")
+    # The client closes with a code and a reason: the origin gets both.
+    a.send_frame(OP_CLOSE, close_payload(4001, b"bye now"))
+    a.expect_close(4001)
+    rec = None
+    deadline = time.monotonic() + TIMEOUT
+    while rec is None and time.monotonic() < deadline:
+        for conn, head, recs in o.conns:
+            for r in recs:
+                if r[0] == OP_CLOSE:
+                    rec = r
+        time.sleep(0.01)
+    check(rec is not None, "the origin got no close")
+    eq(rec[1], close_payload(4001, b"bye now"), "close relayed to the origin")
+    # b is untouched.
+    b.send_frame(OP_TEXT, b"still here")
+    b.expect_msg(OP_TEXT, b"still here")
+
+
+@test
+def t_tunnel_origin_closes_with_code():
+    up = FakeUpstream()
+    w = start_server("--tunnel", "/t=" + up.url("/x"), stdin=False)
+    ws = WS(w.port)
+    req, key = build_request(w.port, "/t")
+    ws.send_raw(req)
+    u = up.accept()
+    u.handshake("/x")
+    check_101(ws.read_head(), key)
+    u.send_frame(OP_TEXT, b"last words", mask=False)
+    u.send_frame(OP_CLOSE, close_payload(4002, b"maintenance"), mask=False)
+    ws.expect_msg(OP_TEXT, b"last words")
+    f = ws.recv_frame()
+    eq((f.opcode, f.payload), (OP_CLOSE, close_payload(4002, b"maintenance")),
+       "the origin's close, relayed")
+    ws.send_frame(OP_CLOSE, close_payload(4002))
+    f = u.recv_frame()
+    eq(f.opcode, OP_CLOSE, "wsfwd answers the origin's close")
+    no_connection(up, 1.5)      # a tunnel does not reconnect
+
+
+@test
+def t_tunnel_refusal_is_502():
+    up = FakeUpstream()
+    w = start_server("--tunnel", "/t=" + up.url("/x"), stdin=False)
+    ws = WS(w.port)
+    req, key = build_request(w.port, "/t")
+    ws.send_raw(req)
+    u = up.accept()
+    u.read_request("/x")
+    u.send_raw(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+    eq(ws.read_head().status, 502, "client's status after the origin's 403")
+    w.wait_log("handshake refused: HTTP 403")
+    check(up.url() not in body_of(ws).decode(), "the 502 names the origin")
+    # A dead origin: 502 too.
+    dead = FakeUpstream()
+    port = dead.port
+    dead.lsock.close()
+    w2 = start_server("--tunnel", "/t=ws://127.0.0.1:%d/x" % port, stdin=False)
+    st, ws2 = status_of(w2, "/t")
+    eq(st, 502, "status with nobody at the origin")
+
+
+@test
+def t_tunnel_send_first_and_subprotocol():
+    o = EchoOrigin(pick_protocol="v2.chat")
+    w = start_server("--tunnel", "--send", "SUBSCRIBE", "/t=" + o.up.url("/e"), stdin=False)
+    ws, head = tunnel_client(w, headers={"Sec-WebSocket-Protocol": "v1.chat, v2.chat"})
+    eq(head.get("sec-websocket-protocol"), "v2.chat", "subprotocol chosen by the origin")
+    ws.send_frame(OP_TEXT, b"mine")
+    ws.expect_msg(OP_TEXT, b"SUBSCRIBE")     # echoed: it went first
+    ws.expect_msg(OP_TEXT, b"mine")
+    conn, uhead, recs = o.wait_conns(1)[0]
+    eq(uhead.get("sec-websocket-protocol"), "v1.chat, v2.chat", "offer passed on")
+    check(uhead.get("origin") is None and uhead.get("x-forwarded-for") is None,
+          "client headers leaked upstream")
+
+
+@test
+def t_tunnel_client_rate():
+    o = EchoOrigin()
+    w = start_server("--tunnel", "--client-rate", "5", "/t=" + o.up.url("/e"), stdin=False)
+    ws, _ = tunnel_client(w)
+    o.wait_conns(1)
+    n = 12
+    for i in range(n):
+        ws.send_frame(OP_TEXT, b"m%d" % i)
+    for i in range(n):
+        ws.expect_msg(OP_TEXT, b"m%d" % i, timeout=4)
+    recs = [r for r in o.conns[0][2] if r[0] == OP_TEXT]
+    eq([r[1] for r in recs], [b"m%d" % i for i in range(n)], "order at the origin")
+    times = [r[2] for r in recs]
+    for i in range(n - 5):
+        check(times[i + 5] - times[i] >= 0.95,
+              "messages %d and %d reached the origin %.3f s apart (--client-rate 5)"
+              % (i, i + 5, times[i + 5] - times[i]))
+    check(times[-1] - times[0] < 3.5, "12 messages took %.2f s" % (times[-1] - times[0]))
+    eq(w.log().count("over --client-rate"), 1, "times the rate was logged")
+
+
+@test
+def t_tunnel_prefix_path():
+    o = EchoOrigin(first=b"hi")
+    w = start_server("--tunnel", "/ws/*=" + o.up.url("/up/*"), stdin=False)
+    ws, _ = tunnel_client(w, "/ws/a/b?c=d")
+    ws.expect_msg(OP_TEXT, b"hi")
+    eq(o.wait_conns(1)[0][1].start, "GET /up/a/b?c=d HTTP/1.1", "request line upstream")
 
 
 # ---------------------------------------------------------------- access control
