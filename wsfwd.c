@@ -5008,7 +5008,7 @@ static void
 usage(FILE *f)
 {
 	fputs(
-"usage: wsfwd [options] ROUTE...\n"
+"usage: wsfwd [options] [--send TEXT...] ROUTE...\n"
 "       wsfwd --cat URL\n"
 "\n"
 "Forward WebSocket feeds: one upstream connection per route, every message\n"
@@ -5016,7 +5016,9 @@ usage(FILE *f)
 "\n"
 "ROUTE is [PATH=]URL.  URL is ws[s]://HOST[:PORT]/PATH[?QUERY], or - for stdin\n"
 "(one text message per line; at EOF clients get close 1000).  PATH, the path\n"
-"clients ask for, defaults to the URL's path (/ for -).\n"
+"clients ask for, defaults to the URL's path (/ for -).  A PATH ending in *\n"
+"is a prefix route: the rest of the client's path and query replace the *\n"
+"that ends URL, and the clients of one full path share one upstream.\n"
 "\n"
 "  -l, --listen [ADDR:]PORT  where clients connect (default 127.0.0.1:19443;\n"
 "                            PORT alone: every interface, IPv6 too)\n"
@@ -5027,6 +5029,25 @@ usage(FILE *f)
 "      --max-clients N       clients beyond N get HTTP 503 (default: no limit)\n"
 "      --ping SECONDS        ping clients and upstreams this often; drop a peer\n"
 "                            silent for two intervals (default 30, 0: off)\n"
+"      --send TEXT|@FILE     a text message sent to the upstream of the ROUTE\n"
+"                            that follows, after every handshake (repeatable)\n"
+"      --replay N            a new client gets the route's last N messages\n"
+"                            first (default 0)\n"
+"      --linger SECONDS      keep a prefix route's upstream this long after\n"
+"                            its last client left (default 10)\n"
+"      --max-upstreams N     upstreams open per prefix or tunnel route; more\n"
+"                            clients get 503 (default 256)\n"
+"      --rotate SECONDS      replace each upstream connection after this long,\n"
+"                            without a gap (default 0: never)\n"
+"      --tunnel              an upstream per client, messages both ways\n"
+"      --client-rate N       --tunnel: at most N frames a second from a client\n"
+"                            to its upstream; the rest wait (default: no limit)\n"
+"      --origin ORIGIN       admit only clients with this Origin (repeatable)\n"
+"      --token TOKEN         admit only clients with ?token=TOKEN or\n"
+"                            Authorization: Bearer TOKEN (also for --stats)\n"
+"      --max-per-ip N        connections from one address beyond N get 503\n"
+"      --stats PATH          GET PATH: JSON figures (Prometheus text with\n"
+"                            ?format=prometheus); SIGUSR1 logs them\n"
 "      --cat URL             print each message of URL as a line on stdout;\n"
 "                            exit 0 when the server closes normally\n"
 "      --ca FILE             PEM bundle of CAs trusted for wss:// (default:\n"
@@ -5042,8 +5063,12 @@ usage(FILE *f)
 "Exit status: 0 after SIGTERM/SIGINT, or at the end of stdin when - is the\n"
 "only route; 1 on a runtime failure; 2 on bad arguments.\n"
 "\n"
-"example: wsfwd /ws=ws://feed.example:8080/ws    then clients open\n"
-"         ws://127.0.0.1:19443/ws\n", f);
+"examples:\n"
+"  wsfwd /ws=ws://feed.example:8080/ws\n"
+"      clients open ws://127.0.0.1:19443/ws\n"
+"  wsfwd '/ws/*=wss://stream.binance.com:9443/ws/*'\n"
+"      ws://127.0.0.1:19443/ws/btcusdt@trade is Binance's btcusdt@trade\n"
+"  wsfwd --send @subscribe.json /cb=wss://ws-feed.exchange.coinbase.com\n", f);
 }
 
 /* A positive decimal no larger than max; -1 on anything else. */
@@ -5398,13 +5423,6 @@ options_parse(int argc, char **argv)
 	opt.verbosity = quiet ? L_ERR : (opt.cat ? L_ERR : L_INFO) + verbose;
 	if (nsend > 0)
 		usage_error("--send must come before the route it is for");
-	if (opt.tunnel && opt.rotate_ms != 0)
-		usage_error("--rotate is for shared upstreams, not --tunnel");
-	if (opt.tunnel && opt.replay != 0)
-		usage_error("--replay is for shared upstreams, not --tunnel");
-	if (opt.client_rate != 0 && !opt.tunnel)
-		usage_error("--client-rate needs --tunnel (clients' messages "
-		    "go nowhere otherwise)");
 	for (i = optind; i < argc; i++) {	/* after "--" */
 		if ((p1 = realloc(args, (nargs + 1) * sizeof *args)) == NULL)
 			die("out of memory");
@@ -5429,6 +5447,13 @@ options_parse(int argc, char **argv)
 		route_add(args[i].arg, args[i].send, args[i].sendlen,
 		    args[i].nsend);
 	free(args);
+	if (opt.tunnel && opt.rotate_ms != 0)
+		usage_error("--rotate is for shared upstreams, not --tunnel");
+	if (opt.tunnel && opt.replay != 0)
+		usage_error("--replay is for shared upstreams, not --tunnel");
+	if (opt.client_rate != 0 && !opt.tunnel)
+		usage_error("--client-rate needs --tunnel (clients' messages "
+		    "go nowhere otherwise)");
 }
 
 /* Every fixed route is a feed: give those with a URL an upstream, start it. */

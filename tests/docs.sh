@@ -146,8 +146,9 @@ check "every option in $(basename "$man") is listed by --help" \
 # ---- the binary accepts every option the man page names ----------------
 
 # Options are parsed before routes are checked, so "OPT ftp://x" ends in the
-# route error if OPT was taken and needs no value; "OPT 1 ftp://x" does if
-# OPT needs one (or "--cat takes no routes" for --cat).  -h and --version
+# route error if OPT was taken and needs no value; "OPT 1 ftp://x" or
+# "OPT /1 ftp://x" does if OPT needs one (or "--cat takes no routes" for
+# --cat).  -h and --version
 # exit 0 before that.  Anything else, "unknown option" in particular, fails.
 accepted() {	# accepted OPT: sets $reason when not
 	local rc
@@ -164,13 +165,15 @@ accepted() {	# accepted OPT: sets $reason when not
 	if [ "$rc" -eq 2 ] && grep -q '^wsfwd: route ftp://x:' "$tmp/err"; then
 		return 0
 	fi
-	run "$1" 1 ftp://x >"$tmp/out" 2>"$tmp/err" </dev/null
-	rc=$?
-	if [ "$rc" -eq 2 ] &&
-	    grep -qE '^wsfwd: (route ftp://x:|--cat takes no routes)' "$tmp/err"
-	then
-		return 0
-	fi
+	for v in 1 /1; do	# a number, or a path (--stats)
+		run "$1" "$v" ftp://x >"$tmp/out" 2>"$tmp/err" </dev/null
+		rc=$?
+		if [ "$rc" -eq 2 ] && grep -qE \
+		    '^wsfwd: (route ftp://x:|--cat takes no routes)' "$tmp/err"
+		then
+			return 0
+		fi
+	done
 	reason="$1: exit $rc, $(head -n 1 "$tmp/err")"
 	[ -s "$tmp/err" ] || reason="$1: exit $rc, nothing on stderr"
 	return 1
