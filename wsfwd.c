@@ -2892,6 +2892,8 @@ target_strip(const char *t, char *out, int *auth)
 	for (; p != NULL && *p != '\0'; p = e) {
 		p++;
 		e = p + strcspn(p, "&");
+		if (e == p)
+			continue;	/* "a&&b", "a?": nothing there */
 		if (e - p >= 6 && memcmp(p, "token=", 6) == 0) {
 			if (opt.token != NULL && token_eq(p + 6,
 			    (size_t)(e - p - 6)))
@@ -5932,6 +5934,65 @@ test_args(void)
 		check(url_parse(&u, badurl[i], err, sizeof err) < 0, badurl[i]);
 }
 
+/* Token removal, prefix-rest safety, route choice, host pacing. */
+static void
+test_routing(void)
+{
+	static const struct { const char *in, *out; int auth; } strip[] = {
+		{ "/a", "/a", 0 },
+		{ "/a?token=k", "/a", 1 },
+		{ "/a?x=1&token=k&y=2", "/a?x=1&y=2", 1 },
+		{ "/a?token=no&x=1", "/a?x=1", 0 },
+		{ "/a?token=k&token=k2", "/a", 1 },
+		{ "/a?tokens=k", "/a?tokens=k", 0 },
+		{ "/a?x=&&y", "/a?x=&y", 0 },
+		{ "/a?", "/a", 0 },
+	};
+	static const struct { const char *rest; int ok; } rest[] = {
+		{ "btcusdt@trade", 1 }, { "a/b?c=../d", 1 }, { "..x/.y", 1 },
+		{ "", 1 }, { "...", 1 }, { "..", 0 }, { ".", 0 }, { "a/../b", 0 },
+		{ "a/./b", 0 }, { "%2e%2E/x", 0 }, { "%2e", 0 }, { "a/..?q", 0 },
+		{ "a b", 0 }, { "a#b", 0 }, { "a\x7f", 0 }, { "a\x80", 0 },
+	};
+	struct route rs[3];
+	struct host h;
+	char out[64];
+	size_t i;
+	int auth, n;
+
+	opt.token = "k";
+	for (i = 0; i < LEN(strip); i++) {
+		auth = 0;
+		target_strip(strip[i].in, out, &auth);
+		check(strcmp(out, strip[i].out) == 0 && auth == strip[i].auth,
+		    strip[i].in);
+	}
+	opt.token = NULL;
+	for (i = 0; i < LEN(rest); i++)
+		check(route_rest_ok(rest[i].rest) == rest[i].ok, rest[i].rest);
+	memset(rs, 0, sizeof rs);
+	rs[0].path = "/ws/*", rs[0].prefix = 1;
+	rs[1].path = "/ws/x/*", rs[1].prefix = 1;
+	rs[2].path = "/ws/fixed";
+	routes = rs, nroutes = 3;
+	check(route_find("/ws/fixed", 9) == &rs[2], "exact route first");
+	check(route_find("/ws/x/1", 7) == &rs[1], "longest prefix");
+	check(route_find("/ws/x/", 6) == &rs[1], "prefix, empty rest");
+	check(route_find("/ws/y", 5) == &rs[0], "shorter prefix");
+	check(route_find("/ws", 3) == NULL, "shorter than the prefix");
+	check(route_find("/wsx", 4) == NULL, "not the prefix");
+	routes = NULL, nroutes = 0;
+	/* GCRA: HOST_BURST at once, then one per HOST_INTERVAL_MS. */
+	memset(&h, 0, sizeof h);
+	for (n = 0; n < 100 && host_wait(&h) == 0; n++)
+		;
+	check(n == HOST_BURST, "host burst");
+	check(host_wait(&h) == now + HOST_INTERVAL_MS, "host: next slot");
+	now += HOST_INTERVAL_MS;
+	check(host_wait(&h) == 0 && host_wait(&h) != 0, "host: one per interval");
+	now -= HOST_INTERVAL_MS;
+}
+
 /* Append one frame to buf; mask it when key is not NULL. */
 static size_t
 test_frame(unsigned char *buf, int b0, const void *pl, size_t n,
@@ -6166,6 +6227,7 @@ test_main(void)
 	test_utf8();
 	test_http();
 	test_args();
+	test_routing();
 	test_queue();
 	test_decoder_upstream();
 	test_decoder_client();
