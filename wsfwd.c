@@ -4456,7 +4456,7 @@ sb_quote(struct sbuf *b, const char *s)
 static unsigned long
 rss_kib(void)
 {
-	char buf[64];
+	char buf[64], *p;
 	unsigned long pages = 0;
 	ssize_t n;
 	int fd;
@@ -4468,9 +4468,11 @@ rss_kib(void)
 	if (n <= 0)
 		return 0;
 	buf[n] = '\0';
-	if (sscanf(buf, "%*s %lu", &pages) != 1)
-		return 0;
-	return pages * (unsigned long)sysconf(_SC_PAGESIZE) / 1024;
+	/* "size resident shared ...", in pages; no scanf: it is 10 KB static. */
+	p = buf + strcspn(buf, " ");
+	for (p += *p == ' '; *p >= '0' && *p <= '9'; p++)
+		pages = pages * 10 + (unsigned long)(*p - '0');
+	return pages * (unsigned long)getpagesize() / 1024;
 }
 
 /* A feed's source in one word. */
@@ -4505,13 +4507,16 @@ static void
 stats_feed_json(struct sbuf *b, const struct route *r)
 {
 	char since[32] = "null";
+	struct tm tm;
 	time_t t;
 
 	if (r->up != NULL && r->up->up_since != 0 && r->up->c != NULL &&
 	    r->up->c->state == CONN_OPEN) {
 		t = time(NULL) - (time_t)((now - r->up->up_since) / 1000);
-		strftime(since, sizeof since, "\"%Y-%m-%dT%H:%M:%SZ\"",
-		    gmtime(&t));
+		gmtime_r(&t, &tm);
+		snprintf(since, sizeof since, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"",
+		    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+		    tm.tm_min, tm.tm_sec);
 	}
 	sb_printf(b, "{\"path\":");
 	sb_quote(b, r->path);
