@@ -27,6 +27,7 @@
  */
 
 #include <sys/types.h>
+#include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -255,6 +256,8 @@ struct upstream {
 	struct upstream	*next;		/* --rotate: the successor, connecting */
 	struct upstream	*prev;		/* a successor: the one it replaces */
 	int		 failed;	/* a successor that failed: to be freed */
+	int		 wait_ms;	/* Retry-After of the last refusal */
+	int		 paced;		/* a pacing delay has been logged */
 	char		 accept[29];	/* expected Sec-WebSocket-Accept */
 	char		 why[160];	/* last connect error */
 };
@@ -324,7 +327,7 @@ struct options {
 	int		 linger_ms;
 	unsigned	 max_upstreams;	/* per prefix route */
 	unsigned	 replay;	/* messages a new client gets first */
-	int		 rotate_ms;	/* 0: off */
+	int64_t		 rotate_ms;	/* 0: off */
 	int		 tunnel;
 	unsigned	 client_rate;	/* tunnel: messages per second; 0: off */
 	const char	**origins;	/* --origin */
@@ -402,6 +405,10 @@ static void	 die(const char *, ...)
 		    __attribute__((noreturn));
 static void	 dns_done(void);
 static void	*dns_thread(void *);
+static void	 ext_ows(const char **);
+static int	 ext_tchar(int);
+static size_t	 ext_token(const char **);
+static int	 ext_value(const char **, char[16]);
 static struct route	*feed_iter(struct route *, struct route *);
 static void	 feed_link(struct route *);
 static const char	*feed_state(const struct route *);
@@ -437,6 +444,9 @@ static size_t	 pace_bytes(void);
 static int	 parse_size(const char *, size_t *);
 static int	 parse_uint(const char *, unsigned long, unsigned long *);
 static int64_t	 ping_next(void);
+static int	 pmd_bits(const char *);
+static int	 pmd_offer_one(const char **);
+static int	 pmd_offered(struct http *);
 static size_t	 queue_behind(const struct queue *);
 static void	 queue_clear(struct queue *, int);
 static void	 queue_consume(struct queue *, size_t);
@@ -502,6 +512,7 @@ static void	 tunnel_fail(struct route *, const char *);
 static void	 tunnel_open(struct route *, const char *);
 static struct conn	*tunnel_peer(struct conn *);
 static int64_t	 tunnel_release(struct route *);
+static int	 rate_queue(struct conn *, struct msg *);
 static void	 tunnel_send(struct conn *, int, const void *, size_t);
 static void	 tunnel_stash(struct conn *, const unsigned char *, size_t);
 static const char	*upstream_check(struct upstream *, struct http *);
@@ -1144,6 +1155,155 @@ http_has_token(const char *v, const char *token)
 		if (n == tl && strncasecmp(v, token, tl) == 0)
 			return 1;
 		v = e;
+	}
+	return 0;
+}
+
+/*
+ * Sec-WebSocket-Extensions (RFC 6455 9.1), for permessage-deflate (RFC
+ * 7692 7.1).  A value is a list of extensions, each a token and ";"
+ * parameters, a parameter a token with an optional token or quoted-string
+ * value.  The parsers below take one element at *pp and move past it.
+ */
+static int
+ext_tchar(int ch)
+{
+	return ch > 0x20 && ch < 0x7f && strchr("\"(),/:;<=>?@[\\]{}", ch) ==
+	    NULL;
+}
+
+static void
+ext_ows(const char **pp)
+{
+	while (**pp == ' ' || **pp == '\t')
+		(*pp)++;
+}
+
+/* A token; its length, 0 if there is none. */
+static size_t
+ext_token(const char **pp)
+{
+	const char *p = *pp;
+
+	while (ext_tchar((unsigned char)**pp))
+		(*pp)++;
+	return (size_t)(*pp - p);
+}
+
+/*
+ * A parameter's value after "=": token or quoted-string, unquoted into
+ * v[16] (longer ones are cut, which no valid value is).  -1: malformed.
+ */
+static int
+ext_value(const char **pp, char v[16])
+{
+	const char *p = *pp;
+	size_t n = 0;
+
+	if (*p != '"') {
+		n = ext_token(pp);
+		memcpy(v, p, MIN(n, 15));
+		v[MIN(n, 15)] = '\0';
+		return n > 0 ? 0 : -1;
+	}
+	for (p++; *p != '"'; p++) {
+		if (*p == '\\')
+			p++;
+		if (*p == '\0')
+			return -1;
+		if (n < 15)
+			v[n++] = *p;
+	}
+	v[n] = '\0';
+	*pp = p + 1;
+	return 0;
+}
+
+/* Window bits, "8" to "15" exactly (7.1.2.1); -1 if not. */
+static int
+pmd_bits(const char *v)
+{
+	unsigned long b;
+
+	if (v[0] == '0' || parse_uint(v, 15, &b) < 0 || b < 8)
+		return -1;
+	return (int)b;
+}
+
+/*
+ * One extension of an offer.  1: a permessage-deflate offer we accept:
+ * every parameter known, none twice, values valid, and no
+ * server_max_window_bits below 15 (the one compressed form of a message
+ * that all clients share is made with a 32 KiB window).  0: another
+ * extension, or an offer we decline.  -1: the list is malformed.
+ */
+static int
+pmd_offer_one(const char **pp)
+{
+	static const char *const names[] = { "server_no_context_takeover",
+	    "client_no_context_takeover", "server_max_window_bits",
+	    "client_max_window_bits" };
+	const char *name;
+	char v[16];
+	size_t n, i;
+	unsigned seen = 0;
+	int ok, hasv;
+
+	ext_ows(pp);
+	if (**pp == ',') {		/* an empty element (RFC 9110 5.6.1) */
+		(*pp)++;
+		return 0;
+	}
+	name = *pp;
+	if ((n = ext_token(pp)) == 0)
+		return -1;
+	ok = n == 18 && strncasecmp(name, "permessage-deflate", 18) == 0;
+	for (ext_ows(pp); **pp == ';'; ext_ows(pp)) {
+		(*pp)++;
+		ext_ows(pp);
+		name = *pp;
+		if ((n = ext_token(pp)) == 0)
+			return -1;
+		ext_ows(pp);
+		if ((hasv = **pp == '=')) {
+			(*pp)++;
+			ext_ows(pp);
+			if (ext_value(pp, v) < 0)
+				return -1;
+		}
+		for (i = 0; i < LEN(names); i++)
+			if (strlen(names[i]) == n &&
+			    strncasecmp(names[i], name, n) == 0)
+				break;
+		if (i == LEN(names) || (seen & 1u << i) ||
+		    (i < 2 && hasv) || (i == 2 && (!hasv ||
+		    pmd_bits(v) != 15)) || (i == 3 && hasv && pmd_bits(v) < 0))
+			ok = 0;
+		seen |= 1u << (i & 7);
+	}
+	if (**pp == ',')
+		(*pp)++;
+	else if (**pp != '\0')
+		return -1;
+	return ok;
+}
+
+/* Does any Sec-WebSocket-Extensions header of m hold an offer we accept? */
+static int
+pmd_offered(struct http *m)
+{
+	const char *p;
+	int i, r;
+
+	for (i = 0; i < m->nh; i++) {
+		if (strcasecmp(m->h[i].name, "Sec-WebSocket-Extensions") != 0)
+			continue;
+		for (p = m->h[i].value; *p != '\0'; )
+			if ((r = pmd_offer_one(&p)) != 0) {
+				if (r > 0)
+					return 1;
+				break;	/* malformed: the rest is unreadable */
+			}
 	}
 	return 0;
 }
@@ -2622,7 +2782,7 @@ conn_input(struct conn *c, unsigned char *buf, size_t n)
 
 	switch (c->state) {
 	case CONN_HANDSHAKE:
-		if (c->kind == CONN_CLIENT && c->route != NULL)
+		if (c->kind == CONN_CLIENT && opt.tunnel && c->route != NULL)
 			tunnel_stash(c, buf, n);	/* waits for its 101 */
 		else
 			conn_head(c, buf, n);
@@ -2716,7 +2876,10 @@ conn_timers(struct conn *c)
 		return INT64_MAX;
 	}
 	if (now >= c->ping_at) {
-		conn_send_ctl(c, WS_OP_PING, NULL, 0);
+		if (c->kind == CONN_UPSTREAM && opt.client_rate != 0)
+			rate_queue(c, msg_frame(WS_OP_PING, 1, NULL, 0));
+		else
+			conn_send_ctl(c, WS_OP_PING, NULL, 0);
 		c->pinged = 1;
 		c->ping_at = ping_next();
 	}
@@ -2988,6 +3151,10 @@ client_check(struct conn *c, struct http *m, const char **key,
 	if (strcmp(m->version, "HTTP/1.1") != 0 || m->target[0] != '/' ||
 	    strlen(m->target) >= sizeof path)
 		return 400;
+	/* Who may ask comes first: strangers learn nothing of the routes. */
+	target_strip(m->target, path, &auth);
+	if ((status = client_allowed(c, m, auth, why)) != 0)
+		return status;
 	*why = "no such route";
 	if ((conf = route_find(m->target, strcspn(m->target, "?"))) == NULL)
 		return 404;
@@ -3008,9 +3175,6 @@ client_check(struct conn *c, struct http *m, const char **key,
 	if ((v = http_header(m, "Sec-WebSocket-Version", &n)) == NULL ||
 	    n != 1 || strcmp(v, "13") != 0)
 		return 426;
-	target_strip(m->target, path, &auth);
-	if ((status = client_allowed(c, m, auth, why)) != 0)
-		return status;
 	*why = "--max-clients reached";
 	if (opt.max_clients != 0 && nclients_open >= opt.max_clients)
 		return 503;
@@ -3079,7 +3243,8 @@ client_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 		return;
 	}
 	if (opt.tunnel) {		/* the upstream answers first */
-		tunnel_stash(c, rest, n);
+		if (c->route != NULL)	/* tunnel_fail() may have run */
+			tunnel_stash(c, rest, n);
 		return;
 	}
 	ws_accept_key(accept, key, strlen(key));
@@ -3409,12 +3574,14 @@ upstream_start(struct upstream *u)
 
 	u->retry_at = 0;
 	if (u->route->host != NULL && (at = host_wait(u->route->host)) != 0) {
-		logmsg(L_INFO, "upstream %s: too many connection attempts to "
-		    "%s; next in %.1f s", u->route->path, u->route->host->name,
-		    (at - now) / 1000.0);
+		logmsg(u->paced ? L_DEBUG : L_INFO, "upstream %s: too many "
+		    "connection attempts to %s; next in %.1f s", u->route->path,
+		    u->route->host->name, (at - now) / 1000.0);
+		u->paced = 1;
 		u->retry_at = at;
 		return;
 	}
+	u->paced = 0;
 	u->deadline = now + HANDSHAKE_TIMEOUT_MS;
 	snprintf(u->why, sizeof u->why, "no address");
 	logmsg(u->cat ? L_DEBUG : L_INFO, "upstream %s: connecting to %s",
@@ -3572,7 +3739,8 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 	struct upstream *u = c->up;
 	struct route *conf;
 	struct http m;
-	const char *why;
+	const char *why, *v;
+	unsigned long secs;
 	size_t i;
 	int code;
 
@@ -3581,8 +3749,13 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 		return;
 	}
 	if ((why = upstream_check(u, &m)) != NULL) {
+		/* 408 and 429 say "later", not "no"; Retry-After says when. */
+		if ((v = http_header(&m, "Retry-After", NULL)) != NULL &&
+		    parse_uint(v, 3600, &secs) == 0)
+			u->wait_ms = (int)secs * 1000;
 		if (u->route->parent != NULL && u->prev == NULL &&
-		    !opt.tunnel && m.status >= 400 && m.status < 500)
+		    !opt.tunnel && m.status >= 400 && m.status < 500 &&
+		    m.status != 408 && m.status != 429)
 			route_refused(u->route, why);
 		else
 			upstream_fail(u, "%s", why);
@@ -3594,7 +3767,9 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 	u->deadline = 0;
 	u->delivered = 0;
 	u->connects++;
-	u->rotate_at = opt.rotate_ms != 0 && !u->cat ? now + opt.rotate_ms : 0;
+	/* A successor's own rotation starts when it takes over. */
+	u->rotate_at = opt.rotate_ms != 0 && !u->cat && u->prev == NULL ?
+	    now + opt.rotate_ms : 0;
 	if (u->ai != NULL)
 		freeaddrinfo(u->ai);
 	u->ai = u->next_ai = NULL;
@@ -3603,8 +3778,8 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 	    u->prev != NULL ? ", the successor" : "");
 	conf = u->route->parent != NULL ? u->route->parent : u->route;
 	for (i = 0; i < conf->nsend; i++)
-		if (conn_queue(c, msg_frame(WS_OP_TEXT, 1, conf->send[i],
-		    conf->sendlen[i]), 0) < 0)
+		if (rate_queue(c, msg_frame(WS_OP_TEXT, 1, conf->send[i],
+		    conf->sendlen[i])) < 0)
 			return;
 	if (opt.tunnel)
 		tunnel_open(u->route, http_header(&m, "Sec-WebSocket-Protocol",
@@ -3614,14 +3789,39 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 		conn_fail(c, code);
 }
 
+/*
+ * Has u's open connection input it has not delivered yet: bytes in the
+ * socket or the TLS engine, or a message half decoded?
+ */
+static int
+upstream_backlog(struct upstream *u)
+{
+	struct conn *c = u->c;
+	int n = 0;
+
+	if (c == NULL || c->state != CONN_OPEN)
+		return 0;
+	if (c->d.stage != DEC_HEAD ||
+	    c->d.hlen > 0 || c->d.msgop != 0)
+		return 1;
+	if (c->tls != NULL && (br_ssl_engine_current_state(&c->tls->sc.eng) &
+	    BR_SSL_RECVAPP))
+		return 1;
+	return ioctl(c->fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 /* A whole message came from upstream. */
 static void
 upstream_deliver(struct upstream *u, struct msg *m)
 {
 	if (u == NULL)
 		return;		/* a retired feed's connection, closing */
-	if (u->prev != NULL)
+	if (u->prev != NULL) {
+		/* The old connection's backlog is older: it goes first. */
+		if (upstream_backlog(u->prev))
+			return;
 		upstream_switch(u);
+	}
 	u->delivered = 1;
 	if (u->cat)
 		cat_deliver(m);
@@ -3683,6 +3883,8 @@ upstream_fail(struct upstream *u, const char *fmt, ...)
 	u->backoff_ms = u->backoff_ms == 0 ? RETRY_MIN_MS :
 	    MIN(u->backoff_ms * 2, RETRY_MAX_MS);
 	d = u->backoff_ms / 2 + (int)(rand_u32() % (unsigned)(u->backoff_ms / 2 + 1));
+	d = MAX(d, u->wait_ms);
+	u->wait_ms = 0;
 	u->retry_at = now + d;
 	logmsg(L_INFO, "upstream %s: lost: %s; retry in %.1f s",
 	    u->route->path, why, d / 1000.0);
@@ -3707,7 +3909,7 @@ upstream_timers(struct upstream *u)
 		next = upstream_timers(u->next);
 		if (u->next->failed)
 			next = now;	/* free it next turn */
-	} else if (u->rotate_at != 0 && now >= u->rotate_at &&
+	} else if (u->prev == NULL && u->rotate_at != 0 && now >= u->rotate_at &&
 	    u->c != NULL && u->c->state == CONN_OPEN)
 		upstream_rotate(u);
 	if (u->rotate_at != 0 && u->next == NULL)
@@ -3765,6 +3967,7 @@ upstream_switch(struct upstream *n)
 	n->route->up = n;
 	n->backoff_ms = old->backoff_ms;
 	n->connects += old->connects;
+	n->rotate_at = n->up_since + opt.rotate_ms;
 	upstream_free(old);
 	logmsg(L_INFO, "upstream %s: rotated to the second connection",
 	    n->route->path);
@@ -3956,7 +4159,7 @@ tunnel_release(struct route *r)
 		if (opt.client_rate != 0) {
 			at = r->rate_ts[r->rate_i];
 			if (r->rate_n == opt.client_rate && now - at < 1000) {
-				if (!r->rate_logged++)
+				if (!r->rate_logged && (r->rate_logged = 1))
 					logmsg(L_INFO, "route %s: client over "
 					    "--client-rate %u/s; its messages are "
 					    "delayed", r->path, opt.client_rate);
@@ -3970,10 +4173,36 @@ tunnel_release(struct route *r)
 		m = r->held.v[r->held.head];
 		m->refs++;
 		queue_consume(&r->held, m->len);
+		if ((m->p[0] & 0x0F) == WS_OP_CLOSE) {
+			u->state = CONN_CLOSING;	/* the client's close */
+			u->deadline = timer_at(now + CLOSE_TIMEOUT_MS);
+		}
 		if (conn_queue(u, m, 0) < 0)
 			break;
 	}
 	return INT64_MAX;
+}
+
+/*
+ * A frame of our own for upstream c: under --client-rate it takes its
+ * place in the tunnel's window like the client's own.
+ */
+static int
+rate_queue(struct conn *c, struct msg *m)
+{
+	struct route *r = c->route;
+
+	if (!opt.tunnel || opt.client_rate == 0 || r == NULL || r->up == NULL ||
+	    r->up->c != c)
+		return conn_queue(c, m, 0);
+	if (m == NULL || queue_push(&r->held, m, 0) < 0) {
+		msg_unref(m);
+		conn_lost(c, "out of memory");
+		return -1;
+	}
+	msg_unref(m);
+	tunnel_release(r);
+	return c->state == CONN_DEAD ? -1 : 0;
 }
 
 /* A ping or pong is the other side's to answer: relay it. */
@@ -4001,6 +4230,9 @@ tunnel_close(struct conn *c)
 	if (to->kind == CONN_CLIENT) {
 		batch_flush(to->route);		/* what came before it */
 		client_leave(to, "upstream closed");
+	} else if (c->route->held.n > 0) {	/* after its delayed frames */
+		rate_queue(to, msg_frame(WS_OP_CLOSE, 1, c->d.ctl, c->d.ctllen));
+		return;
 	}
 	conn_close_body(to, c->d.ctl, c->d.ctllen, 0);
 }
@@ -4055,8 +4287,9 @@ route_find(const char *path, size_t n)
 
 /*
  * Is the part of a request a prefix route appends to its URL safe to send?
- * Printable ASCII without '#', and no "." or ".." path segment (also
- * %2e-encoded): a client must not climb out of the prefix on the origin.
+ * Printable ASCII without '#'; in the path no "." or ".." segment (also
+ * %2e-encoded), no backslash and no %2f or %5c: a client must not climb
+ * out of the prefix on the origin, however the origin decodes.
  */
 static int
 route_rest_ok(const char *s)
@@ -4064,6 +4297,10 @@ route_rest_ok(const char *s)
 	const char *seg = s, *p;
 	size_t dots;
 
+	for (p = s; *p != '\0' && *p != '?'; p++)
+		if (*p == '\\' || (p[0] == '%' && (strncasecmp(p, "%2f", 3) ==
+		    0 || strncasecmp(p, "%5c", 3) == 0)))
+			return 0;	/* slashes an origin may decode */
 	for (p = s; *p != '\0'; p++)
 		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f ||
 		    *p == '#')
@@ -4131,9 +4368,16 @@ route_instance(struct route *p, const char *key, int *status,
 	*status = 400, *why = "bad characters or dot segment in path";
 	if (!p->prefix)
 		pre = strlen(key), tl++;	/* the URL as it is */
-	else if (!route_rest_ok(key + pre))
+	if (!route_rest_ok(p->prefix ? key + pre : key))
 		return NULL;
 	*status = 503, *why = "--max-upstreams reached";
+	if (p->ninst >= opt.max_upstreams && !opt.tunnel) {
+		/* A feed nobody uses any more makes room for this one. */
+		for (r = p->inst; r != NULL && r->nclients > 0; r = r->inext)
+			;
+		if (r != NULL)
+			route_retire(r);
+	}
 	if (p->ninst >= opt.max_upstreams)
 		return NULL;
 	*why = "out of memory";
@@ -4240,7 +4484,7 @@ route_keep(struct route *r, struct msg *m)
 
 /*
  * A new client gets the kept messages first: as many of the newest as
- * --max-queue holds.  This turn's batch is flushed before it joins, so it
+ * half of --max-queue holds.  This turn's batch is flushed before it joins, so it
  * gets no message twice.
  */
 static void
@@ -4250,8 +4494,9 @@ route_replay(struct route *r, struct conn *c)
 	unsigned i, from = r->ringn;
 
 	batch_flush(r);
+	/* Half of --max-queue: the live stream needs room behind it. */
 	while (from > 0 && bytes + r->ring[(r->ringhead + from - 1) %
-	    opt.replay]->len <= opt.max_queue) {
+	    opt.replay]->len <= opt.max_queue / 2) {
 		from--;
 		bytes += r->ring[(r->ringhead + from) % opt.replay]->len;
 	}
@@ -4447,6 +4692,8 @@ sb_quote(struct sbuf *b, const char *s)
 	for (; *s != '\0'; s++)
 		if (*s == '"' || *s == '\\')
 			sb_printf(b, "\\%c", *s);
+		else if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			sb_printf(b, "\\u%04x", (unsigned char)*s);
 		else
 			sb_printf(b, "%c", *s);
 	sb_printf(b, "\"");
@@ -4506,7 +4753,7 @@ feed_iter(struct route *conf, struct route *prev)
 static void
 stats_feed_json(struct sbuf *b, const struct route *r)
 {
-	char since[32] = "null";
+	char since[64] = "null";
 	struct tm tm;
 	time_t t;
 
@@ -4762,7 +5009,7 @@ timers(void)
 		if (r->held.n > 0 && (t = tunnel_release(r)) < next)
 			next = t;
 		if (r->linger_at != 0 && r->nclients == 0 &&
-		    r->tclient == NULL && exit_at == 0) {
+		    r->tclient == NULL && r->held.n == 0 && exit_at == 0) {
 			if (now >= r->linger_at) {
 				route_retire(r);
 				continue;
@@ -5335,7 +5582,7 @@ options_parse(int argc, char **argv)
 		case O_ROTATE:
 			if (parse_uint(optarg, 30 * 86400, &v) < 0)
 				usage_error("--rotate: bad seconds '%s'", optarg);
-			opt.rotate_ms = (int)v * 1000;
+			opt.rotate_ms = (int64_t)v * 1000;
 			break;
 		case O_TUNNEL:
 			opt.tunnel = 1;
@@ -5958,6 +6205,8 @@ test_routing(void)
 		{ "", 1 }, { "...", 1 }, { "..", 0 }, { ".", 0 }, { "a/../b", 0 },
 		{ "a/./b", 0 }, { "%2e%2E/x", 0 }, { "%2e", 0 }, { "a/..?q", 0 },
 		{ "a b", 0 }, { "a#b", 0 }, { "a\x7f", 0 }, { "a\x80", 0 },
+		{ "..%2f..", 0 }, { "a%2Fb", 0 }, { "a\\..", 0 }, { "a%5cb", 0 },
+		{ "a?x=%2f", 1 },
 	};
 	struct route rs[3];
 	struct host h;
@@ -5996,6 +6245,58 @@ test_routing(void)
 	now += HOST_INTERVAL_MS;
 	check(host_wait(&h) == 0 && host_wait(&h) != 0, "host: one per interval");
 	now -= HOST_INTERVAL_MS;
+}
+
+/* permessage-deflate offers (RFC 7692 7.1): accepted or declined. */
+static void
+test_pmd(void)
+{
+	static const struct { const char *v; int ok; } offers[] = {
+		{ "permessage-deflate", 1 },
+		{ "permessage-deflate; client_max_window_bits", 1 },
+		{ "Permessage-Deflate;Client_Max_Window_Bits=10", 1 },
+		{ "permessage-deflate; server_no_context_takeover; "
+		    "client_no_context_takeover", 1 },
+		{ "permessage-deflate; server_max_window_bits=15", 1 },
+		{ "permessage-deflate; server_max_window_bits=\"15\"", 1 },
+		{ "permessage-deflate; server_max_window_bits=10", 0 },
+		{ "permessage-deflate; server_max_window_bits=10, "
+		    "permessage-deflate", 1 },
+		{ "x-webkit-deflate-frame, permessage-deflate", 1 },
+		{ "foo; a=\"b,c\"; d, permessage-deflate", 1 },
+		{ ", , permessage-deflate", 1 },
+		{ "permessage-deflate; server_max_window_bits", 0 },
+		{ "permessage-deflate; server_max_window_bits=16", 0 },
+		{ "permessage-deflate; server_max_window_bits=015", 0 },
+		{ "permessage-deflate; client_max_window_bits=7", 0 },
+		{ "permessage-deflate; client_max_window_bits=", 0 },
+		{ "permessage-deflate; server_no_context_takeover=1", 0 },
+		{ "permessage-deflate; client_no_context_takeover; "
+		    "client_no_context_takeover", 0 },
+		{ "permessage-deflate; unknown", 0 },
+		{ "permessage-deflate; a=\"unterminated", 0 },
+		{ "permessage-deflate x", 0 },
+		{ "deflate-stream", 0 },
+		{ "", 0 },
+		{ "; permessage-deflate", 0 },
+	};
+	struct http m;
+	size_t i;
+
+	memset(&m, 0, sizeof m);
+	m.nh = 2;
+	m.h[0].name = "Host", m.h[0].value = "h";
+	m.h[1].name = "sec-websocket-extensions";
+	for (i = 0; i < LEN(offers); i++) {
+		m.h[1].value = (char *)offers[i].v;
+		check(pmd_offered(&m) == offers[i].ok, offers[i].v);
+	}
+	/* Two headers: the second one's offer counts. */
+	m.nh = 3;
+	m.h[1].value = "permessage-deflate; bad";
+	m.h[2].name = "Sec-WebSocket-Extensions";
+	m.h[2].value = "permessage-deflate";
+	check(pmd_offered(&m) == 1, "an offer in a second header");
 }
 
 /* Append one frame to buf; mask it when key is not NULL. */
@@ -6233,6 +6534,7 @@ test_main(void)
 	test_http();
 	test_args();
 	test_routing();
+	test_pmd();
 	test_queue();
 	test_decoder_upstream();
 	test_decoder_client();

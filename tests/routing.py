@@ -617,6 +617,92 @@ def t_tunnel_prefix_path():
     eq(o.wait_conns(1)[0][1].start, "GET /up/a/b?c=d HTTP/1.1", "request line upstream")
 
 
+@test
+def t_tunnel_origin_unreachable_at_once_with_pipelined_frame():
+    # connect() fails inside the upgrade (255.255.255.255): 502, and the
+    # frame that came with the request must not be touched after that.
+    w = start_server("--tunnel", "/t=ws://255.255.255.255:80/x", stdin=False)
+    ws = WS(w.port)
+    req, key = build_request(w.port, "/t")
+    ws.send_raw(req + wslib.encode_frame(OP_TEXT, b"early"))
+    eq(ws.read_head().status, 502, "status when the origin cannot be reached")
+    check(w.alive(), "wsfwd died")
+
+
+@test
+def t_tunnel_rate_counts_send_and_keeps_close_order():
+    o = EchoOrigin()
+    w = start_server("--tunnel", "--client-rate", "5", "--send", "SUB",
+                     "/t=" + o.up.url("/e"), stdin=False)
+    ws, _ = tunnel_client(w)
+    o.wait_conns(1)
+    for i in range(6):
+        ws.send_frame(OP_TEXT, b"m%d" % i)
+    ws.send_frame(OP_CLOSE, close_payload(4000, b"done"))
+    o.wait_record(0, lambda r: r[0] == OP_CLOSE, timeout=4)
+    recs = o.conns[0][2]
+    eq([(r[0], r[1]) for r in recs],
+       [(OP_TEXT, b"SUB")] + [(OP_TEXT, b"m%d" % i) for i in range(6)]
+       + [(OP_CLOSE, close_payload(4000, b"done"))], "what the origin got, in order")
+    times = [r[2] for r in recs]
+    for i in range(len(times) - 5):
+        check(times[i + 5] - times[i] >= 0.95, "frames %d and %d %.3f s apart "
+              "(--client-rate 5, --send counted)" % (i, i + 5, times[i + 5] - times[i]))
+
+
+@test
+def t_rotate_successor_does_not_rotate_itself():
+    # An origin that never sends: the successor never takes over, and it
+    # must not open a third connection of its own.
+    up = FakeUpstream()
+    w = start_server("--rotate", "1", "/b=" + up.url("/q"), stdin=False)
+    up.accept().handshake("/q")
+    up.accept(timeout=3).handshake("/q")
+    no_connection(up, 2.5)
+
+
+@test
+def t_prefix_429_retried_after_retry_after():
+    up = FakeUpstream()
+    w = prefix_server(up)
+    c = client(w, "/ws/busy")
+    u = up.accept()
+    u.read_request("/up/busy")
+    u.send_raw(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\n"
+               b"Content-Length: 0\r\n\r\n")
+    t0 = time.monotonic()
+    u2 = up.accept(timeout=4)
+    check(time.monotonic() - t0 >= 1.8, "retried %.2f s after a 429 with "
+          "Retry-After: 2" % (time.monotonic() - t0))
+    u2.handshake("/up/busy")
+    u2.send_frame(OP_TEXT, b"finally", mask=False)
+    c.expect_msg(OP_TEXT, b"finally")
+
+
+@test
+def t_prefix_idle_feed_makes_room():
+    up = FakeUpstream()
+    w = prefix_server(up, "--max-upstreams", "1", "--linger", "30")
+    a = client(w, "/ws/a")
+    up.accept().handshake("/up/a")
+    a.close()
+    w.wait_log("disconnected from /ws/a")
+    client(w, "/ws/b")          # /ws/a lingers empty: it goes instead of a 503
+    up.accept().handshake("/up/b")
+
+
+@test
+def t_tunnel_bad_bytes_in_path_400():
+    w = start_server("--tunnel", "--stats", "/stats", "/t=ws://127.0.0.1:1/x", stdin=False)
+    ws = WS(w.port)
+    ws.send_raw(b"GET /t?a\tb\xff HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n")
+    st = ws.read_head().status
+    check(st == 400, "status %d for a control byte in the query" % st)
+    json.loads(http_get(w.port, "/stats")[2])
+
+
 # ---------------------------------------------------------------- access control
 
 @test
@@ -753,7 +839,8 @@ def t_stats_needs_token():
     eq(http_get(w.port, "/st?token=tok")[0], 200, "status with ?token=")
     eq(http_get(w.port, "/st", [("Authorization", "Bearer tok")])[0], 200,
        "status with Bearer")
-    eq(http_get(w.port, "/nope")[0], 404, "a plain GET elsewhere")
+    eq(http_get(w.port, "/nope")[0], 401, "a GET elsewhere, without token")
+    eq(http_get(w.port, "/nope?token=tok")[0], 404, "a GET elsewhere, with token")
 
 
 if __name__ == "__main__":
