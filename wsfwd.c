@@ -89,11 +89,25 @@
 #define LINGER_DEFAULT_S	10	/* a reconnecting browser finds its feed */
 #define MAX_UPSTREAMS_DEFAULT	256	/* per prefix route */
 #define REPLAY_MAX		100000
+#define DEFLATE_MIN_DEFAULT	64	/* smaller JSON hardly shrinks */
 #define IPTAB_SIZE		1024	/* buckets of --max-per-ip counts */
 #define HOST_BURST		10	/* connection attempts to one host... */
 #define HOST_INTERVAL_MS	1050	/* ...then one per this: < 300 in 5 min */
 #define DEFAULT_ADDR		"127.0.0.1"
 #define DEFAULT_PORT		"19443"
+#define INFL_LBITS	9	/* literal/length lookup bits, then level 2 */
+#define INFL_DBITS	8	/* distance lookup */
+#define INFL_LSIZE	852	/* zlib's examples/enough 286 9 15 */
+#define INFL_DSIZE	400	/* enough 30 8 15 */
+#define INFL_SLACK	8	/* output room past max for 8-byte copies */
+#define DEFL_HBITS	15	/* hash of the next four bytes */
+#define DEFL_SYMS	16384	/* symbols per block (one Huffman code) */
+#define DEFL_CHAIN	16	/* hash chain steps per match search */
+#define DEFL_GOOD	8	/* after a match this long, a lazy search */
+#define DEFL_LAZY	32	/* takes 1/4 chain; after this long, none */
+#define DEFL_NICE	128	/* a match this long ends the search */
+#define DEFL_IN_MAX	((size_t)1 << 30)	/* positions are 32-bit */
+#define DEFL_BOUND(n)	((n) + (n) / 1024 + 16)	/* all stored */
 #define WS_GUID			"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 #define LEN(a)			(sizeof(a) / sizeof((a)[0]))
@@ -120,14 +134,68 @@ enum ws_op {
 
 enum ws_close {
 	CLOSE_NORMAL = 1000, CLOSE_GOING_AWAY = 1001, CLOSE_PROTOCOL = 1002,
-	CLOSE_BAD_DATA = 1007, CLOSE_TOO_BIG = 1009, CLOSE_BAD_GATEWAY = 1014
+	CLOSE_BAD_DATA = 1007, CLOSE_TOO_BIG = 1009, CLOSE_INTERNAL = 1011,
+	CLOSE_BAD_GATEWAY = 1014
 };
 
 enum dec_stage { DEC_HEAD, DEC_PAYLOAD };
 
+/* permessage-deflate parameters seen (RFC 7692 7.1), as pmd_parse() sets. */
+enum {
+	PMD_SERVER_NCT = 1, PMD_CLIENT_NCT = 2, PMD_SBITS = 4, PMD_CBITS = 8,
+	PMD_CBITS_VALUE = 16
+};
+
 enum log_level { L_ERR, L_INFO, L_DEBUG };
 
 enum pollslot { POLL_LISTEN, POLL_DNS, POLL_STDIN, POLL_FIXED };
+
+enum inflate_result {
+	INFL_OK = 0, INFL_BAD = -1, INFL_TOO_BIG = -2, INFL_NOMEM = -3
+};
+
+/*
+ * The receiving side of one permessage-deflate direction.  Decoding
+ * state lives on the stack for one message; only the window carries
+ * over, and only with context takeover.
+ */
+struct inflate {
+	unsigned char	*win;		/* the last wsize bytes, a ring */
+	size_t		 wsize, wpos, wlen;
+	int		 takeover;	/* 0: peer resets every message */
+};
+
+/* Decoding state of one message: input, bit buffer, output, tables. */
+struct inflate_run {
+	const struct inflate	*z;
+	const unsigned char	*in;
+	size_t			 n, pos;	/* pos: in n + 4 bytes */
+	uint64_t		 bb;		/* past nb: junk */
+	unsigned		 nb;
+	unsigned char		*out;
+	size_t			 len, cap, max;
+	uint32_t		 lit[INFL_LSIZE], dist[INFL_DSIZE];
+};
+
+/* The compressor, about 260 KiB: one serves every message. */
+struct deflate {
+	uint32_t		*head;		/* hash: last pos */
+	uint16_t		*prev;		/* pos: chain step */
+	uint32_t		*sym;		/* dist << 16 | len */
+	uint32_t		 base;		/* position of in[0] */
+	unsigned		 nsym;
+	size_t			 bstart, done;	/* block input */
+	const unsigned char	*in;
+	unsigned char		*out;
+	size_t			 olen, ocap;
+	uint64_t		 bb;		/* bits not yet out */
+	unsigned		 nb, full;
+	unsigned		 lfreq[286], dfreq[30];
+	unsigned char		 llen[288], dlen[32], flen[288], fdlen[32];
+	unsigned short		 lcode[288], dcode[32];
+	unsigned short		 fcode[288], fdcode[32];
+	unsigned char		 lsym[259], dsym[512];
+};
 
 /* A frame as it goes on the wire, shared by every queue that holds it. */
 struct msg {
@@ -152,12 +220,14 @@ struct queue {
 /* Incremental frame decoder state (RFC 6455 5.2). */
 struct wsdec {
 	unsigned char	 stage, hlen, op, fin, masked, msgop;
+	unsigned char	 zmsg;		/* this message is compressed (RSV1) */
+	unsigned char	 keep;		/* this message is assembled in msg */
 	unsigned char	 hdr[14], mask[4], ctl[CTRL_MAX];
 	unsigned	 mpos, ctllen;
 	uint32_t	 utf8;		/* validator state across fragments */
 	uint64_t	 left;		/* payload bytes left in this frame */
 	uint64_t	 msglen;	/* bytes of the message so far */
-	struct msg	*msg;		/* upstream only: message being assembled */
+	struct msg	*msg;		/* the message being assembled, if kept */
 	size_t		 msgcap;
 };
 
@@ -196,6 +266,8 @@ struct conn {
 	int		 fd;
 	unsigned char	 kind, state, shut, dirty, joined, pending;
 	unsigned char	 pinged;	/* our ping is out: its pong is ours */
+	unsigned char	 deflate;	/* permessage-deflate agreed */
+	struct inflate	*zi;		/* upstream's window, if it keeps one */
 	unsigned	 id;
 	unsigned	 close_code;	/* what we sent or will log */
 	int64_t		 deadline;	/* handshake, close or drain timer; 0: none */
@@ -287,7 +359,9 @@ struct route {
 	struct conn	*clients;
 	unsigned	 nclients;
 	unsigned	 nready;	/* clients not behind, this turn */
-	struct msg	*batch;		/* this turn's messages, framed */
+	struct msg	*batch[2];	/* this turn's messages, framed: plain,
+					   and for the nz deflate clients */
+	unsigned	 nz;		/* clients with permessage-deflate */
 	struct msg	**ring;		/* --replay: the last messages */
 	unsigned	 ringhead, ringn;
 	uint64_t	 msgs_in, bytes_in;	/* from the source: payload */
@@ -335,6 +409,9 @@ struct options {
 	const char	*token;
 	unsigned	 max_per_ip;	/* 0: no limit */
 	const char	*stats;		/* --stats PATH */
+	int		 deflate;	/* offer permessage-deflate to clients */
+	size_t		 deflate_min;	/* smaller payloads go uncompressed */
+	int		 upstream_deflate;	/* ask the upstream for it */
 };
 
 /* Text built by sb_printf(); oom set once memory ran out. */
@@ -358,8 +435,8 @@ static size_t	 b64_decode(unsigned char *, size_t, const char *, size_t);
 static void	 b64_encode(char *, const unsigned char *, size_t);
 static int	 b64_value(int);
 static void	 batch_flush(struct route *);
-static unsigned char	*batch_room(struct route *, size_t);
-static void	 broadcast(struct route *, struct msg *);
+static unsigned char	*batch_room(struct route *, int, size_t);
+static void	 broadcast(struct route *, struct msg *, int);
 static int	 ca_add(struct ca_loader *);
 static void	 ca_dn(void *, const void *, size_t);
 static size_t	 ca_load(const char *);
@@ -401,10 +478,29 @@ static void	 conn_reap(void);
 static void	 conn_send_close(struct conn *, unsigned, int);
 static void	 conn_send_ctl(struct conn *, int, const void *, size_t);
 static int64_t	 conn_timers(struct conn *);
+static void	 deflate_align(struct deflate *);
+static void	 deflate_block(struct deflate *);
+static void	 deflate_free(struct deflate *);
+static int	 deflate_init(struct deflate *);
+static uint32_t	 deflate_insert(struct deflate *, size_t, uint32_t);
+static unsigned	 deflate_match(struct deflate *, size_t, size_t, uint32_t,
+		    unsigned, uint32_t, unsigned *);
+static size_t	 deflate_msg(struct deflate *, const unsigned char *, size_t,
+		    int, unsigned char *, size_t);
+static void	 deflate_put(struct deflate *, uint32_t, unsigned);
+static unsigned	 deflate_rle(const unsigned char *, unsigned, unsigned *);
+static unsigned	 deflate_same(const unsigned char *, const unsigned char *,
+		    unsigned);
+static void	 deflate_stored(struct deflate *, size_t, size_t);
+static void	 deflate_sym(struct deflate *, unsigned, unsigned, unsigned);
+static void	 deflate_symbols(struct deflate *, const unsigned short *,
+		    const unsigned char *, const unsigned short *,
+		    const unsigned char *);
 static void	 die(const char *, ...)
 		    __attribute__((noreturn));
 static void	 dns_done(void);
 static void	*dns_thread(void *);
+static void	 err_line(const char *, va_list, int, const char *);
 static void	 ext_ows(const char **);
 static int	 ext_tchar(int);
 static size_t	 ext_token(const char **);
@@ -424,6 +520,29 @@ static const char	*http_header(struct http *, const char *, int *);
 static char	*http_line(char **);
 static int	 http_parse(char *, size_t, struct http *, int);
 static int	 http_parse_lines(char *, size_t, struct http *, int);
+static void	 huff_codes(const unsigned char *, unsigned, unsigned short *);
+static uint32_t	 huff_entry(int, unsigned, unsigned);
+static void	 huff_fixed(unsigned char *);
+static void	 huff_lengths(const unsigned *, unsigned, unsigned,
+		    unsigned char *);
+static unsigned	 huff_reverse(unsigned, unsigned);
+static int	 huff_table(uint32_t *, unsigned, unsigned,
+		    const unsigned char *, unsigned, int);
+static int	 inflate_bits(struct inflate_run *, unsigned, unsigned *);
+static unsigned	 inflate_byte(const struct inflate_run *, size_t);
+static int	 inflate_codes(struct inflate_run *);
+static int	 inflate_copy(struct inflate_run *, unsigned, unsigned);
+static int	 inflate_dynamic(struct inflate_run *);
+static int	 inflate_fixed(struct inflate_run *);
+static void	 inflate_free(struct inflate *);
+static int	 inflate_grow(struct inflate_run *, size_t);
+static void	 inflate_init(struct inflate *, int, int);
+static int	 inflate_keep(struct inflate *, const unsigned char *, size_t);
+static uint64_t	 inflate_load64(const unsigned char *);
+static int	 inflate_msg(struct inflate *, const unsigned char *, size_t,
+		    unsigned char **, size_t *, size_t);
+static int	 inflate_refill(struct inflate_run *);
+static int	 inflate_stored(struct inflate_run *);
 static struct ipcount *	*ip_bucket(const char *, size_t);
 static struct ipcount	*ip_count(const char *);
 static void	 ip_release(struct ipcount *);
@@ -438,15 +557,18 @@ static struct msg	*msg_raw(const void *, size_t);
 static void	 msg_seal(struct msg *, int, size_t);
 static void	 msg_unref(struct msg *);
 static int64_t	 now_ms(void);
+static unsigned long	 num(const char *, const char *, unsigned long,
+		    unsigned long);
 static void	 on_signal(int);
 static void	 options_parse(int, char **);
 static size_t	 pace_bytes(void);
 static int	 parse_size(const char *, size_t *);
 static int	 parse_uint(const char *, unsigned long, unsigned long *);
 static int64_t	 ping_next(void);
+static int	 pmd_accepted(const char *);
 static int	 pmd_bits(const char *);
-static int	 pmd_offer_one(const char **);
 static int	 pmd_offered(struct http *);
+static int	 pmd_parse(const char **, unsigned *, int *);
 static size_t	 queue_behind(const struct queue *);
 static void	 queue_clear(struct queue *, int);
 static void	 queue_consume(struct queue *, size_t);
@@ -454,13 +576,16 @@ static size_t	 queue_peek(struct queue *, unsigned char *, size_t);
 static int	 queue_push(struct queue *, struct msg *, int);
 static void	 rand_bytes(void *, size_t);
 static unsigned	 rand_u32(void);
+static int	 rate_queue(struct conn *, struct msg *);
 static void	 route_add(char *, char **, size_t *, size_t);
 static int	 route_behind(struct route *);
+static struct msg	*route_deflate(struct msg *);
 static void	 route_end(struct route *);
 static struct route	*route_find(const char *, size_t);
 static struct route	*route_instance(struct route *, const char *, int *,
 		    const char **);
 static void	 route_keep(struct route *, struct msg *);
+static void	 route_put(struct route *, int, struct msg *);
 static void	 route_refused(struct route *, const char *);
 static void	 route_replay(struct route *, struct conn *);
 static int	 route_rest_ok(const char *);
@@ -512,9 +637,9 @@ static void	 tunnel_fail(struct route *, const char *);
 static void	 tunnel_open(struct route *, const char *);
 static struct conn	*tunnel_peer(struct conn *);
 static int64_t	 tunnel_release(struct route *);
-static int	 rate_queue(struct conn *, struct msg *);
 static void	 tunnel_send(struct conn *, int, const void *, size_t);
 static void	 tunnel_stash(struct conn *, const unsigned char *, size_t);
+static int	 upstream_backlog(struct upstream *);
 static const char	*upstream_check(struct upstream *, struct http *);
 static void	 upstream_connect_done(struct conn *, int);
 static void	 upstream_deliver(struct upstream *, struct msg *);
@@ -530,10 +655,12 @@ static int64_t	 upstream_timers(struct upstream *);
 static void	 upstream_try(struct upstream *);
 static void	 upstreams_start(void);
 static int	 url_parse(struct url *, const char *, char *, size_t);
-static void	 usage(FILE *);
+static void	 usage(int);
 static void	 usage_error(const char *, ...)
 		    __attribute__((noreturn));
+static void	 utc_fields(int64_t, int[6]);
 static int	 utf8_check(uint32_t *, const unsigned char *, size_t);
+static void	 warnx(const char *, ...);
 static void	 ws_accept_key(char[29], const char *, size_t);
 static int	 ws_control(struct conn *);
 static int	 ws_data(struct conn *, const unsigned char *, size_t);
@@ -543,6 +670,7 @@ static int	 ws_head(struct conn *);
 static size_t	 ws_head_len(uint64_t);
 static size_t	 ws_head_need(const unsigned char *, unsigned);
 static size_t	 ws_head_write(unsigned char *, int, uint64_t);
+static int	 ws_inflate(struct conn *, int, struct msg **, size_t *);
 static void	 x509_feed(br_x509_decoder_context *, const void *, size_t);
 static void	 xi_append(const br_x509_class **, const unsigned char *,
 		    size_t);
@@ -577,12 +705,40 @@ static int64_t		 timer_next;	/* no connection timer is due before */
 static int		 exit_status;
 static int		 cat_done = -1;	/* --cat: exit status once known */
 static unsigned char	 rbuf[RBUF_SIZE];
+static struct deflate	 zdef;		/* the compressor, one for all */
+static int		 zdef_state;	/* 0: not set up, 1: ready, -1: failed */
+static struct inflate	 zinf;		/* inflater without a kept window */
 static br_x509_trust_anchor *anchors;	/* loaded once, shared read-only */
 static size_t		 nanchors;
 static volatile sig_atomic_t quit, dump;
 static int64_t		 start_ms;	/* for the uptime */
 
 /* ==== Logging, errors, time, randomness ==== */
+
+/*
+ * The UTC date and time of t, seconds since 1970, as year, month, day,
+ * hour, minute, second: days to civil date by whole 400-year eras, so no
+ * time zone code of libc's comes in (gmtime_r brings musl's, 5 KB).
+ */
+static void
+utc_fields(int64_t t, int f[6])
+{
+	int64_t z = t / 86400, sec = t % 86400, era, doe, yoe, doy, mp;
+
+	if (sec < 0)
+		sec += 86400, z--;
+	z += 719468;			/* days from 0000-03-01 */
+	era = (z >= 0 ? z : z - 146096) / 146097;
+	doe = z - era * 146097;
+	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	mp = (5 * doy + 2) / 153;	/* months from March */
+	f[2] = (int)(doy - (153 * mp + 2) / 5 + 1);
+	f[1] = (int)(mp < 10 ? mp + 3 : mp - 9);
+	f[0] = (int)(yoe + era * 400 + (f[1] <= 2));
+	f[3] = (int)(sec / 3600), f[4] = (int)(sec / 60 % 60);
+	f[5] = (int)(sec % 60);
+}
 
 /*
  * One line per event, if the verbosity allows it: on stderr with a UTC
@@ -596,9 +752,8 @@ logmsg(int level, const char *fmt, ...)
 	static const int sev[] = { LOG_ERR, LOG_INFO, LOG_DEBUG };
 	char line[1024];
 	struct timespec ts;
-	struct tm tm;
 	va_list ap;
-	int n;
+	int n, f[6];
 
 	if (level > opt.verbosity)
 		return;
@@ -607,11 +762,10 @@ logmsg(int level, const char *fmt, ...)
 		    LOG_DAEMON | sev[level], (long)getpid());
 	else {
 		clock_gettime(CLOCK_REALTIME, &ts);
-		gmtime_r(&ts.tv_sec, &tm);	/* UTC: no time zone files */
+		utc_fields(ts.tv_sec, f);
 		n = snprintf(line, sizeof line,
-		    "%04d-%02d-%02d %02d:%02d:%02d.%03ld ", tm.tm_year + 1900,
-		    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-		    tm.tm_sec, ts.tv_nsec / 1000000);
+		    "%04d-%02d-%02d %02d:%02d:%02d.%03ld ", f[0], f[1], f[2],
+		    f[3], f[4], f[5], ts.tv_nsec / 1000000);
 	}
 	va_start(ap, fmt);
 	n += vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
@@ -656,21 +810,49 @@ syslog_open(void)
 	return 0;
 }
 
+/*
+ * "wsfwd: " and the message on stderr, with strerror(e) when fmt ends in
+ * ':', then tail.  No stdio: write(2), like the log.
+ */
+static void
+err_line(const char *fmt, va_list ap, int e, const char *tail)
+{
+	char line[1024];
+	size_t n = strlen(fmt), len;
+
+	len = (size_t)snprintf(line, sizeof line, "wsfwd: ");
+	vsnprintf(line + len, sizeof line - len, fmt, ap);
+	len = strlen(line);
+	if (n > 0 && fmt[n - 1] == ':')
+		snprintf(line + len, sizeof line - len, " %s", strerror(e));
+	len = strlen(line);
+	snprintf(line + len, sizeof line - len, "%s\n", tail);
+	if (write(STDERR_FILENO, line, strlen(line)) < 0)
+		(void)0;
+}
+
+/* A warning or an error at setup, one line on stderr. */
+static void
+warnx(const char *fmt, ...)
+{
+	int e = errno;
+	va_list ap;
+
+	va_start(ap, fmt);
+	err_line(fmt, ap, e, "");
+	va_end(ap);
+}
+
 /* Setup failure: message, strerror(errno) if fmt ends in ':', exit 1. */
 static void
 die(const char *fmt, ...)
 {
 	int e = errno;
-	size_t n = strlen(fmt);
 	va_list ap;
 
-	fputs("wsfwd: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	err_line(fmt, ap, e, "");
 	va_end(ap);
-	if (n > 0 && fmt[n - 1] == ':')
-		fprintf(stderr, " %s", strerror(e));
-	fputc('\n', stderr);
 	exit(1);
 }
 
@@ -680,11 +862,9 @@ usage_error(const char *fmt, ...)
 {
 	va_list ap;
 
-	fputs("wsfwd: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	err_line(fmt, ap, 0, " (see wsfwd --help)");
 	va_end(ap);
-	fputs(" (see wsfwd --help)\n", stderr);
 	exit(2);
 }
 
@@ -993,6 +1173,967 @@ utf8_check(uint32_t *st, const unsigned char *p, size_t n)
 	return 0;
 }
 
+/* ==== Deflate (RFC 1951) for permessage-deflate (RFC 7692) ==== */
+
+/*
+ * Decoding tables: an entry is value << 16 | kind | extra << 4 | bits,
+ * where bits is the code length to drop.  A first-level entry of kind
+ * HE_SUB points at a second-level table of 2^extra entries indexed by
+ * the bits after the first INFL_LBITS (INFL_DBITS).
+ */
+#define HE_LIT		0x000	/* value: a byte or code length symbol */
+#define HE_BASE		0x100	/* value: length or distance base */
+#define HE_EOB		0x200
+#define HE_SUB		0x300
+#define HE_BAD		0x400	/* no code; symbols 286, 287, 30, 31 */
+#define HE_KIND		0x700
+
+enum huff_kind { HUFF_LIT, HUFF_DIST, HUFF_CL };
+
+/* RFC 1951 3.2.5: bases and extra bits of lengths 257..285, distances. */
+static const unsigned short len_base[29] = {
+	3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51,
+	59, 67, 83, 99, 115, 131, 163, 195, 227, 258
+};
+static const unsigned char len_extra[29] = {
+	0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4,
+	5, 5, 5, 5, 0
+};
+static const unsigned short dist_base[30] = {
+	1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385,
+	513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577
+};
+static const unsigned char dist_extra[30] = {
+	0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10,
+	10, 11, 11, 12, 12, 13, 13
+};
+/* RFC 1951 3.2.7: the order of the code length code lengths. */
+static const unsigned char cl_order[19] = {
+	16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15
+};
+
+/* Reverse the low k bits: Huffman codes go out most significant bit first. */
+static unsigned
+huff_reverse(unsigned code, unsigned k)
+{
+	code = (code & 0x5555) << 1 | (code >> 1 & 0x5555);
+	code = (code & 0x3333) << 2 | (code >> 2 & 0x3333);
+	code = (code & 0x0f0f) << 4 | (code >> 4 & 0x0f0f);
+	code = (code & 0x00ff) << 8 | (code >> 8 & 0x00ff);
+	return code >> (16 - k);
+}
+
+/* The decoding table entry for symbol s with a code of k bits. */
+static uint32_t
+huff_entry(int kind, unsigned s, unsigned k)
+{
+	if (kind == HUFF_CL || (kind == HUFF_LIT && s < 256))
+		return (uint32_t)s << 16 | HE_LIT | k;
+	if (kind == HUFF_LIT && s == 256)
+		return HE_EOB | k;
+	if (kind == HUFF_LIT && s < 286)
+		return (uint32_t)len_base[s - 257] << 16 | HE_BASE |
+		    (uint32_t)len_extra[s - 257] << 4 | k;
+	if (kind == HUFF_DIST && s < 30)
+		return (uint32_t)dist_base[s] << 16 | HE_BASE |
+		    (uint32_t)dist_extra[s] << 4 | k;
+	return HE_BAD | k;
+}
+
+/*
+ * Build the two-level decoding table t (size entries, root index bits)
+ * for code lengths lens[0..n), with codes assigned as in RFC 1951 3.2.2.
+ * Returns 0 for a complete code, 1 for an incomplete one that zlib also
+ * takes (no codes, or a single one-bit code: "one distance code of one
+ * bit", 3.2.7), and -1 for an over-subscribed or otherwise incomplete
+ * set, which no conforming encoder makes.  Sub-tables are sized as
+ * zlib's inflate_table() sizes them, so zlib's "enough" bounds hold.
+ */
+static int
+huff_table(uint32_t *t, unsigned size, unsigned root, const unsigned char *lens,
+    unsigned n, int kind)
+{
+	unsigned short count[16], left[16], sym[288];
+	unsigned i, k, len, code = 0, max = 0, next = 1u << root, sub = 0;
+	unsigned subbits = 0, low = 0, rev, fill;
+	int avail = 1;
+	uint32_t e;
+
+	memset(count, 0, sizeof count);
+	for (i = 0; i < n; i++)
+		count[lens[i]]++;
+	for (len = 1; len <= 15; len++) {
+		if ((avail = 2 * avail - count[len]) < 0)
+			return -1;		/* over-subscribed */
+		if (count[len] != 0)
+			max = len;
+	}
+	if (avail > 0 && max > 1)
+		return -1;			/* incomplete */
+	for (len = 1, left[1] = 0; len < 15; len++)
+		left[len + 1] = left[len] + count[len];
+	for (i = 0; i < n; i++)
+		if (lens[i] != 0)
+			sym[left[lens[i]]++] = (unsigned short)i;
+	memcpy(left, count, sizeof left);
+	/* A complete code fills every entry; an incomplete one leaves holes. */
+	for (i = 0; avail > 0 && i < 1u << root; i++)
+		t[i] = HE_BAD;
+	for (i = 0, len = 1; len <= max; len++, code <<= 1) {
+		for (k = 0; k < count[len]; k++, code++, left[len]--) {
+			e = huff_entry(kind, sym[i++], len);
+			rev = huff_reverse(code, len);
+			if (len <= root) {
+				for (fill = rev; fill < 1u << root;
+				    fill += 1u << len)
+					t[fill] = e;
+				continue;
+			}
+			if (sub == 0 || (rev & ((1u << root) - 1)) != low) {
+				/* A new prefix: room for its longest code. */
+				int room = 1 << (subbits = len - root);
+
+				while (subbits + root < max &&
+				    (room -= left[subbits + root]) > 0)
+					subbits++, room <<= 1;
+				if (next + (1u << subbits) > size)
+					return -1;
+				low = rev & ((1u << root) - 1);
+				t[low] = (uint32_t)next << 16 | HE_SUB |
+				    subbits << 4;
+				sub = next;
+				next += 1u << subbits;
+			}
+			for (fill = rev >> root; fill < 1u << subbits;
+			    fill += 1u << (len - root))
+				t[sub + fill] = e;
+		}
+	}
+	return avail > 0;
+}
+
+/* The literal/length code lengths of the fixed code (RFC 1951 3.2.6). */
+static void
+huff_fixed(unsigned char *lens)
+{
+	memset(lens, 8, 144);
+	memset(lens + 144, 9, 112);
+	memset(lens + 256, 7, 24);
+	memset(lens + 280, 8, 8);
+}
+
+/*
+ * Optimal code lengths of at most maxbits for the n frequencies freq[],
+ * by package-merge (Larmore and Hirschberg 1990): the lengths are how
+ * often each symbol is in the 2m - 2 cheapest items of the last list.
+ * At least two symbols get a code, so every code is complete.
+ */
+static void
+huff_lengths(const unsigned *freq, unsigned n, unsigned maxbits,
+    unsigned char *len)
+{
+	unsigned short leaf[286];
+	unsigned char isleaf[15][2 * 286];
+	uint32_t lw[286], w[2][2 * 286], *pw, *cw;
+	unsigned m = 0, i, j, k, lv, np, nl, cur, take;
+
+	memset(len, 0, n);
+	for (i = 0; i < n; i++) {
+		if (freq[i] == 0)
+			continue;
+		/* Insertion sort by frequency. */
+		for (j = m++; j > 0 && freq[leaf[j - 1]] > freq[i]; j--)
+			leaf[j] = leaf[j - 1];
+		leaf[j] = (unsigned short)i;
+	}
+	if (m < 2) {
+		/* A lone one-bit code is incomplete: give it a partner. */
+		k = m == 1 ? leaf[0] : 0;
+		len[k] = 1;
+		len[k == 0 ? 1 : 0] = 1;
+		return;
+	}
+	for (i = 0; i < m; i++)
+		lw[i] = w[0][i] = freq[leaf[i]], isleaf[0][i] = 1;
+	/* No code is longer than m - 1 bits: fewer lists do. */
+	maxbits = MIN(maxbits, m - 1);
+	for (lv = 1, cur = m; lv < maxbits; lv++) {
+		/* Merge the leaves with the pairs of the previous list. */
+		pw = w[(lv - 1) & 1], cw = w[lv & 1];
+		np = cur / 2, cur = 0, i = 0, j = 0;
+		while (cur < 2 * m - 2 && (i < m || j < np)) {
+			if (i < m && (j == np ||
+			    lw[i] <= pw[2 * j] + pw[2 * j + 1]))
+				cw[cur] = lw[i++], isleaf[lv][cur++] = 1;
+			else
+				cw[cur] = pw[2 * j] + pw[2 * j + 1], j++,
+				    isleaf[lv][cur++] = 0;
+		}
+	}
+	for (lv = maxbits, take = 2 * m - 2; lv-- > 0; take = 2 * (take - nl)) {
+		for (k = 0, nl = 0; k < take; k++)
+			nl += isleaf[lv][k];
+		for (k = 0; k < nl; k++)
+			len[leaf[k]]++;
+	}
+}
+
+/* Canonical codes for lengths len[0..n) (RFC 1951 3.2.2), bit-reversed. */
+static void
+huff_codes(const unsigned char *len, unsigned n, unsigned short *code)
+{
+	unsigned short count[16], next[16];
+	unsigned i, c = 0;
+
+	memset(count, 0, sizeof count);
+	for (i = 0; i < n; i++)
+		count[len[i]]++;
+	for (i = 1, count[0] = 0; i < 16; i++)
+		next[i] = (unsigned short)(c = (c + count[i - 1]) << 1);
+	for (i = 0; i < n; i++)
+		if (len[i] != 0)
+			code[i] = (unsigned short)huff_reverse(next[len[i]]++,
+			    len[i]);
+}
+
+/* Eight bytes, little-endian on any host. */
+static uint64_t
+inflate_load64(const unsigned char *p)
+{
+	return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 |
+	    (uint64_t)p[3] << 24 | (uint64_t)p[4] << 32 |
+	    (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
+}
+
+/* Byte i of the payload followed by the 00 00 ff ff of RFC 7692 7.2.2. */
+static unsigned
+inflate_byte(const struct inflate_run *s, size_t i)
+{
+	static const unsigned char tail[4] = { 0x00, 0x00, 0xff, 0xff };
+
+	return i < s->n ? s->in[i] : tail[i - s->n];
+}
+
+/*
+ * Fill the bit buffer to 56 bits or more.  Past the end it adds zeros;
+ * having used one of those means the stream was truncated: -1.
+ */
+static int
+inflate_refill(struct inflate_run *s)
+{
+	size_t end = s->n + 4;
+
+	if (s->pos + 8 <= s->n) {
+		/* Bits past nb come from the same bytes, so OR is safe. */
+		s->bb |= inflate_load64(s->in + s->pos) << s->nb;
+		s->pos += (63 - s->nb) >> 3;
+		s->nb |= 56;
+		return 0;
+	}
+	if (s->pos > end && (uint64_t)(s->pos - end) * 8 > s->nb)
+		return -1;
+	for (; s->nb <= 56; s->nb += 8, s->pos++)
+		if (s->pos < end)
+			s->bb |= (uint64_t)inflate_byte(s, s->pos) << s->nb;
+	return 0;
+}
+
+/* Take k <= 16 bits, the first one lowest. */
+static int
+inflate_bits(struct inflate_run *s, unsigned k, unsigned *v)
+{
+	if (s->nb < k && inflate_refill(s) < 0)
+		return -1;
+	*v = (unsigned)(s->bb & ((1u << k) - 1));
+	s->bb >>= k, s->nb -= k;
+	return 0;
+}
+
+/* Make room for k more output bytes, doubling, but never beyond max. */
+static int
+inflate_grow(struct inflate_run *s, size_t k)
+{
+	size_t cap = s->cap;
+	unsigned char *p;
+
+	if (k > s->max - s->len)
+		return INFL_TOO_BIG;
+	while (cap - s->len < k)
+		cap = cap < 1024 ? 1024 : cap > s->max / 2 ? s->max : 2 * cap;
+	cap = MIN(cap, s->max);
+	if ((p = realloc(s->out, cap + INFL_SLACK)) == NULL)
+		return INFL_NOMEM;
+	s->out = p, s->cap = cap;
+	return 0;
+}
+
+/*
+ * Copy len bytes from dist back, reaching into the previous messages'
+ * window when dist passes the start of this one (context takeover).
+ */
+static int
+inflate_copy(struct inflate_run *s, unsigned len, unsigned dist)
+{
+	const struct inflate *z = s->z;
+	unsigned char *d;
+	size_t back, from, k;
+	int r;
+
+	/* RFC 1951 3.2.2: distances never refer past the start of data. */
+	if (dist > s->len + z->wlen)
+		return INFL_BAD;
+	if (s->cap - s->len < len && (r = inflate_grow(s, len)) != 0)
+		return r;
+	d = s->out + s->len;
+	s->len += len;
+	if (dist > s->len - len) {
+		back = dist - (s->len - len);
+		from = (z->wpos + z->wsize - back) & (z->wsize - 1);
+		k = MIN(len, back);
+		len -= (unsigned)k;
+		while (k-- > 0) {
+			*d++ = z->win[from];
+			from = (from + 1) & (z->wsize - 1);
+		}
+	}
+	for (; len > 0; len--, d++)
+		*d = *(d - dist);
+	return 0;
+}
+
+/* Decode one Huffman-coded block with the tables in s (RFC 1951 3.2.5). */
+static int
+inflate_codes(struct inflate_run *s)
+{
+	const uint32_t *lt = s->lit, *dt = s->dist;
+	uint64_t bb = s->bb;
+	unsigned nb = s->nb, len, dist, k;
+	unsigned char *out = s->out, *d, *from;
+	size_t o = s->len, cap = s->cap;
+	uint32_t e;
+	int r;
+
+	for (;;) {
+		/* A refill leaves >= 56 bits: enough for 15+5+15+13. */
+		if (nb < 48) {
+			if (s->pos + 8 <= s->n) {
+				bb |= inflate_load64(s->in + s->pos) << nb;
+				s->pos += (63 - nb) >> 3;
+				nb |= 56;
+			} else {
+				s->bb = bb, s->nb = nb;
+				if (inflate_refill(s) < 0)
+					return INFL_BAD;
+				bb = s->bb, nb = s->nb;
+			}
+		}
+		e = lt[bb & ((1u << INFL_LBITS) - 1)];
+		if ((e & HE_KIND) == HE_SUB)
+			e = lt[(e >> 16) + (unsigned)(bb >> INFL_LBITS &
+			    ((1u << (e >> 4 & 15)) - 1))];
+		if ((e & HE_KIND) == HE_LIT) {
+			bb >>= e & 15, nb -= e & 15;
+			if (o == cap) {
+				s->len = o;
+				if ((r = inflate_grow(s, 1)) != 0)
+					return r;
+				out = s->out, cap = s->cap;
+			}
+			out[o++] = (unsigned char)(e >> 16);
+			continue;
+		}
+		if ((e & HE_KIND) != HE_BASE)
+			break;
+		bb >>= e & 15, nb -= e & 15;
+		k = e >> 4 & 15;
+		len = (e >> 16) + (unsigned)(bb & ((1u << k) - 1));
+		bb >>= k, nb -= k;
+		e = dt[bb & ((1u << INFL_DBITS) - 1)];
+		if ((e & HE_KIND) == HE_SUB)
+			e = dt[(e >> 16) + (unsigned)(bb >> INFL_DBITS &
+			    ((1u << (e >> 4 & 15)) - 1))];
+		if ((e & HE_KIND) != HE_BASE)
+			return INFL_BAD;
+		bb >>= e & 15, nb -= e & 15;
+		k = e >> 4 & 15;
+		dist = (e >> 16) + (unsigned)(bb & ((1u << k) - 1));
+		bb >>= k, nb -= k;
+		if (dist > o || cap - o < len) {
+			s->len = o;
+			if ((r = inflate_copy(s, len, dist)) != 0)
+				return r;
+			out = s->out, o = s->len, cap = s->cap;
+			continue;
+		}
+		d = out + o, from = d - dist, o += len;
+		if (dist >= 8) {
+			/* Whole words; up to 7 bytes spill into the slack. */
+			for (k = 0; k < len; k += 8)
+				memcpy(d + k, from + k, 8);
+		} else if (dist == 1)
+			memset(d, *from, len);
+		else
+			while (len-- > 0)
+				*d++ = *from++;
+	}
+	if ((e & HE_KIND) != HE_EOB)
+		return INFL_BAD;
+	s->bb = bb >> (e & 15), s->nb = nb - (e & 15), s->len = o;
+	return 0;
+}
+
+/* A stored block (RFC 1951 3.2.4): LEN, its ones' complement, the bytes. */
+static int
+inflate_stored(struct inflate_run *s)
+{
+	size_t end = s->n + 4, len, k;
+	int r;
+
+	/* "skip any remaining bits in current partially processed byte" */
+	s->pos -= (s->nb >> 3), s->bb = 0, s->nb = 0;
+	if (s->pos > end || end - s->pos < 4)
+		return INFL_BAD;
+	len = inflate_byte(s, s->pos) | inflate_byte(s, s->pos + 1) << 8;
+	if ((inflate_byte(s, s->pos + 2) | inflate_byte(s, s->pos + 3) << 8) !=
+	    (~len & 0xffff))
+		return INFL_BAD;
+	if ((s->pos += 4) > end || end - s->pos < len)
+		return INFL_BAD;
+	if (s->cap - s->len < len && (r = inflate_grow(s, len)) != 0)
+		return r;
+	k = s->pos < s->n ? MIN(len, s->n - s->pos) : 0;
+	memcpy(s->out + s->len, s->in + s->pos, k);
+	for (; k < len; k++)
+		s->out[s->len + k] = (unsigned char)inflate_byte(s, s->pos + k);
+	s->len += len, s->pos += len;
+	return 0;
+}
+
+/* A block with the fixed codes; distance codes are all five bits. */
+static int
+inflate_fixed(struct inflate_run *s)
+{
+	unsigned char lens[288];
+
+	huff_fixed(lens);
+	huff_table(s->lit, INFL_LSIZE, INFL_LBITS, lens, 288, HUFF_LIT);
+	memset(lens, 5, 32);
+	huff_table(s->dist, INFL_DSIZE, INFL_DBITS, lens, 32, HUFF_DIST);
+	return inflate_codes(s);
+}
+
+/* A block with dynamic codes: read their lengths (RFC 1951 3.2.7). */
+static int
+inflate_dynamic(struct inflate_run *s)
+{
+	unsigned char lens[286 + 30], cl[19];
+	unsigned nlit, ndist, ncl, i, v, rep, sym;
+	uint32_t clt[128], e;
+
+	if (inflate_bits(s, 5, &nlit) < 0 || inflate_bits(s, 5, &ndist) < 0 ||
+	    inflate_bits(s, 4, &ncl) < 0)
+		return INFL_BAD;
+	/* 286, 287 and distances 30, 31 "will never actually occur". */
+	if ((nlit += 257) > 286 || (ndist += 1) > 30)
+		return INFL_BAD;
+	memset(cl, 0, sizeof cl);
+	for (i = 0; i < ncl + 4; i++) {
+		if (inflate_bits(s, 3, &v) < 0)
+			return INFL_BAD;
+		cl[cl_order[i]] = (unsigned char)v;
+	}
+	if (huff_table(clt, 128, 7, cl, 19, HUFF_CL) != 0)
+		return INFL_BAD;
+	for (i = 0; i < nlit + ndist; i += rep) {
+		if (s->nb < 7 && inflate_refill(s) < 0)
+			return INFL_BAD;
+		if (((e = clt[s->bb & 127]) & HE_KIND) == HE_BAD)
+			return INFL_BAD;
+		s->bb >>= e & 15, s->nb -= e & 15;
+		if ((sym = e >> 16) < 16) {
+			lens[i] = (unsigned char)sym, rep = 1;
+			continue;
+		}
+		/* 16 repeats the previous length: there must be one. */
+		if ((sym == 16 && i == 0) || inflate_bits(s, sym == 16 ? 2 :
+		    sym == 17 ? 3 : 7, &rep) < 0)
+			return INFL_BAD;
+		rep += sym == 18 ? 11 : 3;
+		if (rep > nlit + ndist - i)
+			return INFL_BAD;
+		memset(lens + i, sym == 16 ? lens[i - 1] : 0, rep);
+	}
+	/* Without a code for end-of-block the block could not end. */
+	if (lens[256] == 0 ||
+	    huff_table(s->lit, INFL_LSIZE, INFL_LBITS, lens, nlit,
+	    HUFF_LIT) < 0 ||
+	    huff_table(s->dist, INFL_DSIZE, INFL_DBITS, lens + nlit, ndist,
+	    HUFF_DIST) < 0)
+		return INFL_BAD;
+	return inflate_codes(s);
+}
+
+/* Set up z; takeover says the peer keeps its window between messages. */
+static void
+inflate_init(struct inflate *z, int window_bits, int takeover)
+{
+	memset(z, 0, sizeof *z);
+	/* zlib deflates with 9 when asked for 8, so keep 512 bytes anyway. */
+	z->wsize = (size_t)1 << (window_bits < 9 ? 9 :
+	    window_bits > 15 ? 15 : window_bits);
+	z->takeover = takeover;
+}
+
+/* Release what inflate_init() and inflate_msg() allocated. */
+static void
+inflate_free(struct inflate *z)
+{
+	free(z->win);
+	z->win = NULL, z->wlen = 0;
+}
+
+/* Keep the last wsize bytes of a message as the next one's window. */
+static int
+inflate_keep(struct inflate *z, const unsigned char *p, size_t n)
+{
+	size_t k;
+
+	if (z->win == NULL && (z->win = malloc(z->wsize)) == NULL)
+		return INFL_NOMEM;
+	if (n >= z->wsize) {
+		memcpy(z->win, p + n - z->wsize, z->wsize);
+		z->wpos = 0, z->wlen = z->wsize;
+		return 0;
+	}
+	k = MIN(n, z->wsize - z->wpos);
+	memcpy(z->win + z->wpos, p, k);
+	memcpy(z->win, p + k, n - k);
+	z->wpos = (z->wpos + n) & (z->wsize - 1);
+	z->wlen = MIN(z->wlen + n, z->wsize);
+	return 0;
+}
+
+/*
+ * Inflate one message: the payload in[0..n) followed by the 00 00 ff ff
+ * that RFC 7692 7.2.2 has the receiver append (read in place, not
+ * copied).  On INFL_OK *out is a malloc'd buffer of *outlen bytes for
+ * the caller to free.  INFL_BAD: corrupt (close 1007); INFL_TOO_BIG:
+ * more than max bytes (1009), found without allocating more than max;
+ * INFL_NOMEM.  Decoding stops after a final block, and after a block at
+ * the end of the input; anything after a final block is ignored.
+ */
+static int
+inflate_msg(struct inflate *z, const unsigned char *in, size_t n,
+    unsigned char **out, size_t *outlen, size_t max)
+{
+	struct inflate_run s;
+	uint64_t used, all = (uint64_t)(n + 4) * 8;
+	unsigned hdr;
+	int r;
+
+	/* A payload of nothing is nothing; zlib sees no error in it either. */
+	if (n == 0) {
+		*outlen = 0;
+		return (*out = malloc(1)) == NULL ? INFL_NOMEM : INFL_OK;
+	}
+	s.z = z, s.in = in, s.n = n, s.pos = 0, s.bb = 0, s.nb = 0;
+	s.len = 0, s.max = max;
+	s.cap = n < max / 4 ? MIN(max, 4 * n + 256) : max;
+	if ((s.out = malloc(s.cap + INFL_SLACK)) == NULL)
+		return INFL_NOMEM;
+	do {
+		if (inflate_bits(&s, 3, &hdr) < 0)
+			r = INFL_BAD;
+		else if (hdr >> 1 == 0)
+			r = inflate_stored(&s);
+		else if (hdr >> 1 == 1)
+			r = inflate_fixed(&s);
+		else if (hdr >> 1 == 2)
+			r = inflate_dynamic(&s);
+		else
+			r = INFL_BAD;		/* BTYPE 11 is reserved */
+		if (r != 0)
+			goto fail;
+		used = (uint64_t)s.pos * 8 - s.nb;
+	} while (!(hdr & 1) && used < all);
+	r = INFL_BAD;
+	if (used > all)
+		goto fail;		/* it used zeros past the end */
+	if (z->takeover && s.len > 0 &&
+	    (r = inflate_keep(z, s.out, s.len)) != 0)
+		goto fail;
+	*out = s.out, *outlen = s.len;
+	return INFL_OK;
+fail:
+	free(s.out);
+	*out = NULL, *outlen = 0;
+	return r;
+}
+
+/* Release the compressor's tables. */
+static void
+deflate_free(struct deflate *c)
+{
+	free(c->head), free(c->prev), free(c->sym);
+	c->head = NULL, c->prev = NULL, c->sym = NULL;
+}
+
+/* Allocate the compressor's tables (about 260 KiB) and its code maps. */
+static int
+deflate_init(struct deflate *c)
+{
+	unsigned i, k;
+
+	memset(c, 0, sizeof *c);
+	c->head = calloc((size_t)1 << DEFL_HBITS, sizeof *c->head);
+	c->prev = malloc(32768 * sizeof *c->prev);
+	c->sym = malloc(DEFL_SYMS * sizeof *c->sym);
+	if (c->head == NULL || c->prev == NULL || c->sym == NULL) {
+		deflate_free(c);
+		return -1;
+	}
+	c->base = 32768;
+	for (i = 0; i < 29; i++)
+		for (k = len_base[i]; k < len_base[i] + (1u << len_extra[i]) &&
+		    k <= 258; k++)
+			c->lsym[k] = (unsigned char)i;
+	for (i = 0; i < 30; i++)
+		for (k = dist_base[i]; k < dist_base[i] + (1u << dist_extra[i]);
+		    k++)
+			c->dsym[k <= 256 ? k - 1 : 256 + ((k - 1) >> 7)] =
+			    (unsigned char)i;
+	huff_fixed(c->flen);
+	huff_codes(c->flen, 288, c->fcode);
+	memset(c->fdlen, 5, 32);
+	huff_codes(c->fdlen, 32, c->fdcode);
+	return 0;
+}
+
+/* Append k <= 32 bits; a write past the caller's buffer sets full. */
+static void
+deflate_put(struct deflate *c, uint32_t v, unsigned k)
+{
+	c->bb |= (uint64_t)v << c->nb;
+	if ((c->nb += k) >= 32) {
+		if (c->ocap - c->olen >= 4) {
+			c->out[c->olen] = (unsigned char)c->bb;
+			c->out[c->olen + 1] = (unsigned char)(c->bb >> 8);
+			c->out[c->olen + 2] = (unsigned char)(c->bb >> 16);
+			c->out[c->olen + 3] = (unsigned char)(c->bb >> 24);
+			c->olen += 4;
+		} else
+			c->full = 1;
+		c->bb >>= 32, c->nb -= 32;
+	}
+}
+
+/* Pad to a byte boundary and write out every whole byte. */
+static void
+deflate_align(struct deflate *c)
+{
+	for (c->nb = (c->nb + 7) & ~7u; c->nb > 0; c->nb -= 8, c->bb >>= 8) {
+		if (c->olen == c->ocap)
+			c->full = 1;
+		else
+			c->out[c->olen++] = (unsigned char)c->bb;
+	}
+}
+
+/* Write the block's symbols with the given codes, then end-of-block. */
+static void
+deflate_symbols(struct deflate *c, const unsigned short *lc,
+    const unsigned char *ll, const unsigned short *dc, const unsigned char *dl)
+{
+	unsigned i, k, len, dist;
+	uint32_t s;
+
+	for (i = 0; i < c->nsym; i++) {
+		if ((s = c->sym[i]) < 256) {
+			deflate_put(c, lc[s], ll[s]);
+			continue;
+		}
+		/* Code and extra bits together: 20 bits, then 28 at most. */
+		len = s & 0xffff, dist = s >> 16;
+		k = c->lsym[len];
+		deflate_put(c, lc[257 + k] | (len - len_base[k]) << ll[257 + k],
+		    ll[257 + k] + len_extra[k]);
+		k = c->dsym[dist <= 256 ? dist - 1 : 256 + ((dist - 1) >> 7)];
+		deflate_put(c, dc[k] | (dist - dist_base[k]) << dl[k],
+		    dl[k] + dist_extra[k]);
+	}
+	deflate_put(c, lc[256], ll[256]);
+}
+
+/* Stored blocks (RFC 1951 3.2.4) for in[from..to), 65535 bytes at most each. */
+static void
+deflate_stored(struct deflate *c, size_t from, size_t to)
+{
+	size_t k;
+
+	do {
+		k = MIN(to - from, 65535);
+		deflate_put(c, 0, 3);
+		deflate_align(c);
+		deflate_put(c, (uint32_t)(k | (~k & 0xffff) << 16), 32);
+		deflate_align(c);
+		if (c->ocap - c->olen < k)
+			c->full = 1;
+		else
+			memcpy(c->out + c->olen, c->in + from, k);
+		c->olen += c->full ? 0 : k;
+		from += k;
+	} while (from < to);
+}
+
+/*
+ * Run-length code the code lengths (RFC 1951 3.2.7: 16 repeats the last
+ * length 3-6 times, 17 and 18 give 3-10 and 11-138 zeros) into rle[] as
+ * symbol | extra << 5.  Returns the count.
+ */
+static unsigned
+deflate_rle(const unsigned char *lens, unsigned n, unsigned *rle)
+{
+	unsigned i, j, run, k, nr = 0;
+
+	for (i = 0; i < n; i = j) {
+		for (j = i + 1; j < n && lens[j] == lens[i]; j++)
+			;
+		run = j - i;
+		if (lens[i] == 0) {
+			for (; run >= 11; run -= k)
+				k = MIN(run, 138),
+				    rle[nr++] = 18 | (k - 11) << 5;
+			if (run >= 3)
+				rle[nr++] = 17 | (run - 3) << 5, run = 0;
+		} else {
+			rle[nr++] = lens[i], run--;
+			for (; run >= 3; run -= k)
+				k = MIN(run, 6), rle[nr++] = 16 | (k - 3) << 5;
+		}
+		while (run-- > 0)
+			rle[nr++] = lens[i];
+	}
+	return nr;
+}
+
+/*
+ * Code the symbols gathered for input bstart..done as one block, in
+ * whichever of stored, fixed or dynamic (RFC 1951 3.2.3) is shortest.
+ */
+static void
+deflate_block(struct deflate *c)
+{
+	unsigned short clcode[19];
+	unsigned char lens[286 + 30], cllen[19];
+	unsigned rle[286 + 30], clfreq[19], i, nr;
+	unsigned nlit = 286, ndist = 30, ncl = 19;
+	uint64_t dyn = 17, fix = 3, extra = 0, stored = 0;
+	size_t k, left = c->done - c->bstart, bit = c->nb;
+
+	c->lfreq[256] = 1;
+	huff_lengths(c->lfreq, 286, 15, c->llen);
+	huff_lengths(c->dfreq, 30, 15, c->dlen);
+	while (c->llen[nlit - 1] == 0)
+		nlit--;
+	while (ndist > 1 && c->dlen[ndist - 1] == 0)
+		ndist--;
+	memcpy(lens, c->llen, nlit);
+	memcpy(lens + nlit, c->dlen, ndist);
+	nr = deflate_rle(lens, nlit + ndist, rle);
+	memset(clfreq, 0, sizeof clfreq);
+	for (i = 0; i < nr; i++)
+		clfreq[rle[i] & 31]++;
+	huff_lengths(clfreq, 19, 7, cllen);
+	while (ncl > 4 && cllen[cl_order[ncl - 1]] == 0)
+		ncl--;
+	for (i = 0; i < 29; i++)
+		extra += (uint64_t)c->lfreq[257 + i] * len_extra[i];
+	for (i = 0; i < 30; i++)
+		extra += (uint64_t)c->dfreq[i] * dist_extra[i];
+	for (i = 0; i < 286; i++) {
+		dyn += (uint64_t)c->lfreq[i] * c->llen[i];
+		fix += (uint64_t)c->lfreq[i] * c->flen[i];
+	}
+	for (i = 0; i < 30; i++) {
+		dyn += (uint64_t)c->dfreq[i] * c->dlen[i];
+		fix += (uint64_t)c->dfreq[i] * 5;
+	}
+	dyn += 3 * ncl + 2 * clfreq[16] + 3 * clfreq[17] + 7 * clfreq[18];
+	for (i = 0; i < 19; i++)
+		dyn += (uint64_t)clfreq[i] * cllen[i];
+	do {
+		k = MIN(left, 65535), left -= k;
+		stored += 3 + (8 - (bit + 3) % 8) % 8 + 32 + 8 * (uint64_t)k;
+		bit = 0;
+	} while (left > 0);
+	if (stored <= dyn + extra && stored <= fix + extra)
+		deflate_stored(c, c->bstart, c->done);
+	else if (fix <= dyn) {
+		deflate_put(c, 2, 3);		/* BFINAL 0, BTYPE 01 */
+		deflate_symbols(c, c->fcode, c->flen, c->fdcode, c->fdlen);
+	} else {
+		huff_codes(c->llen, 286, c->lcode);
+		huff_codes(c->dlen, 30, c->dcode);
+		huff_codes(cllen, 19, clcode);
+		deflate_put(c, 4 | (nlit - 257) << 3 | (ndist - 1) << 8 |
+		    (ncl - 4) << 13, 17);	/* BFINAL 0, BTYPE 10 */
+		for (i = 0; i < ncl; i++)
+			deflate_put(c, cllen[cl_order[i]], 3);
+		for (i = 0; i < nr; i++) {
+			k = rle[i] & 31;
+			deflate_put(c, clcode[k], cllen[k]);
+			if (k >= 16)
+				deflate_put(c, rle[i] >> 5, k == 16 ? 2 :
+				    k == 17 ? 3 : 7);
+		}
+		deflate_symbols(c, c->lcode, c->llen, c->dcode, c->dlen);
+	}
+	c->bstart = c->done, c->nsym = 0;
+	memset(c->lfreq, 0, sizeof c->lfreq);
+	memset(c->dfreq, 0, sizeof c->dfreq);
+}
+
+/* Record a literal, or a match when len != 0; a full buffer ends the block. */
+static void
+deflate_sym(struct deflate *c, unsigned lit, unsigned len, unsigned dist)
+{
+	if (len == 0) {
+		c->sym[c->nsym++] = lit;
+		c->lfreq[lit]++;
+		c->done++;
+	} else {
+		c->sym[c->nsym++] = (uint32_t)dist << 16 | len;
+		c->lfreq[257 + c->lsym[len]]++;
+		c->dfreq[c->dsym[dist <= 256 ? dist - 1 :
+		    256 + ((dist - 1) >> 7)]]++;
+		c->done += len;
+	}
+	if (c->nsym == DEFL_SYMS)
+		deflate_block(c);
+}
+
+/* Put position i on its hash chain; returns the previous head. */
+static uint32_t
+deflate_insert(struct deflate *c, size_t i, uint32_t wmask)
+{
+	const unsigned char *p = c->in + i;
+	uint32_t h, cand, pos = c->base + (uint32_t)i;
+
+	h = ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	    (uint32_t)p[3] << 24) * 0x9E3779B1u >> (32 - DEFL_HBITS);
+	cand = c->head[h];
+	c->prev[pos & wmask] = (uint16_t)(pos - cand <= wmask ? pos - cand : 0);
+	c->head[h] = pos;
+	return cand;
+}
+
+/* How many of the first limit bytes at a and b agree. */
+static unsigned
+deflate_same(const unsigned char *a, const unsigned char *b, unsigned limit)
+{
+	unsigned k = 0;
+	uint64_t x, y;
+
+	for (; k + 8 <= limit; k += 8) {
+		memcpy(&x, a + k, 8), memcpy(&y, b + k, 8);
+		if (x != y)
+			break;
+	}
+	while (k < limit && a[k] == b[k])
+		k++;
+	return k;
+}
+
+/*
+ * The longest match for in[i..] along the chain from cand, no farther
+ * back than wmask (so within 2^window_bits), in at most chain steps.
+ */
+static unsigned
+deflate_match(struct deflate *c, size_t i, size_t n, uint32_t cand,
+    unsigned chain, uint32_t wmask, unsigned *dist)
+{
+	const unsigned char *s = c->in + i, *q;
+	uint32_t pos = c->base + (uint32_t)i, d;
+	unsigned best = 2, len, limit = (unsigned)MIN(n - i, 258);
+
+	while ((d = pos - cand) <= wmask && d > 0) {
+		q = s - d;
+		/* Only a match that is longer can end like this one. */
+		if (q[best] == s[best] && q[best - 1] == s[best - 1] &&
+		    (len = deflate_same(q, s, limit)) > best) {
+			best = len, *dist = d;
+			if (len >= DEFL_NICE || len == limit)
+				break;
+		}
+		if (--chain == 0 || c->prev[cand & wmask] == 0)
+			break;
+		cand -= c->prev[cand & wmask];
+	}
+	return best > 2 ? best : 0;
+}
+
+/*
+ * Compress in[0..n) as one message (RFC 7692 7.2.1): non-final blocks,
+ * then the empty stored block of a sync flush without its 00 00 ff ff,
+ * no context kept, no distance past 2^window_bits - 1.  LZ77 with hash
+ * chains and zlib's lazy matching.  Returns the length written to out,
+ * or 0 if it would pass cap (then send the message uncompressed); cap
+ * DEFL_BOUND(n) always suffices.
+ */
+static size_t
+deflate_msg(struct deflate *c, const unsigned char *in, size_t n,
+    int window_bits, unsigned char *out, size_t cap)
+{
+	uint32_t wmask = (1u << (window_bits < 8 ? 8 : window_bits > 15 ? 15 :
+	    window_bits)) - 1, cand;
+	unsigned len = 0, dist = 0, plen = 0, pdist = 0;
+	size_t i, end;
+	int pending = 0;
+
+	if (n > DEFL_IN_MAX)
+		return 0;
+	if (UINT32_MAX - c->base < n + 32768) {
+		/* Older positions must stay a window behind: start over. */
+		memset(c->head, 0, ((size_t)1 << DEFL_HBITS) * sizeof *c->head);
+		c->base = 32768;
+	}
+	c->in = in, c->out = out, c->olen = 0, c->ocap = cap;
+	c->bb = 0, c->nb = 0, c->full = 0, c->nsym = 0;
+	c->bstart = 0, c->done = 0;
+	memset(c->lfreq, 0, sizeof c->lfreq);
+	memset(c->dfreq, 0, sizeof c->dfreq);
+	for (i = 0; i < n; ) {
+		len = 0;
+		if (n - i >= 4) {
+			cand = deflate_insert(c, i, wmask);
+			if (!pending || plen < DEFL_LAZY)
+				len = deflate_match(c, i, n, cand, pending &&
+				    plen >= DEFL_GOOD ? DEFL_CHAIN / 4 :
+				    DEFL_CHAIN, wmask, &dist);
+		}
+		if (pending && plen >= 3 && len <= plen) {
+			/* The match at i - 1 wins: code it, hash its bytes. */
+			deflate_sym(c, 0, plen, pdist);
+			for (end = i - 1 + plen, i++; i < end; i++)
+				if (n - i >= 4)
+					deflate_insert(c, i, wmask);
+			pending = 0;
+			continue;
+		}
+		if (pending)
+			deflate_sym(c, in[i - 1], 0, 0);
+		pending = 1, plen = len, pdist = dist, i++;
+	}
+	if (pending)
+		deflate_sym(c, in[n - 1], 0, 0);
+	if (c->nsym > 0)
+		deflate_block(c);
+	deflate_put(c, 0, 3);		/* the empty stored block */
+	deflate_align(c);
+	c->base += (uint32_t)n + 32768;
+	return c->full ? 0 : c->olen;
+}
+
 /* ==== HTTP upgrade ==== */
 
 /*
@@ -1231,14 +2372,14 @@ pmd_bits(const char *v)
 }
 
 /*
- * One extension of an offer.  1: a permessage-deflate offer we accept:
- * every parameter known, none twice, values valid, and no
- * server_max_window_bits below 15 (the one compressed form of a message
- * that all clients share is made with a 32 KiB window).  0: another
- * extension, or an offer we decline.  -1: the list is malformed.
+ * One extension of a list.  1: permessage-deflate, its parameters all
+ * known (RFC 7692 7.1), none twice, values valid; *fl says which were
+ * there (PMD_*), *bits the server_max_window_bits.  0: another extension,
+ * or a permessage-deflate with a bad parameter.  -1: the list is
+ * malformed.
  */
 static int
-pmd_offer_one(const char **pp)
+pmd_parse(const char **pp, unsigned *fl, int *bits)
 {
 	static const char *const names[] = { "server_no_context_takeover",
 	    "client_no_context_takeover", "server_max_window_bits",
@@ -1246,9 +2387,9 @@ pmd_offer_one(const char **pp)
 	const char *name;
 	char v[16];
 	size_t n, i;
-	unsigned seen = 0;
 	int ok, hasv;
 
+	*fl = 0, *bits = 15;
 	ext_ows(pp);
 	if (**pp == ',') {		/* an empty element (RFC 9110 5.6.1) */
 		(*pp)++;
@@ -1275,11 +2416,11 @@ pmd_offer_one(const char **pp)
 			if (strlen(names[i]) == n &&
 			    strncasecmp(names[i], name, n) == 0)
 				break;
-		if (i == LEN(names) || (seen & 1u << i) ||
-		    (i < 2 && hasv) || (i == 2 && (!hasv ||
-		    pmd_bits(v) != 15)) || (i == 3 && hasv && pmd_bits(v) < 0))
+		if (i == LEN(names) || (*fl & 1u << i) || (i < 2 && hasv) ||
+		    (i == 2 && (!hasv || (*bits = pmd_bits(v)) < 0)) ||
+		    (i == 3 && hasv && pmd_bits(v) < 0))
 			ok = 0;
-		seen |= 1u << (i & 7);
+		*fl |= 1u << (i & 7) | (i == 3 && hasv ? PMD_CBITS_VALUE : 0);
 	}
 	if (**pp == ',')
 		(*pp)++;
@@ -1288,24 +2429,47 @@ pmd_offer_one(const char **pp)
 	return ok;
 }
 
-/* Does any Sec-WebSocket-Extensions header of m hold an offer we accept? */
+/*
+ * Does a Sec-WebSocket-Extensions header of a client's request m hold a
+ * permessage-deflate offer we accept?  Not one with server_max_window_bits
+ * below 15: the one compressed form of a message that every client shares
+ * is made with a 32 KiB window.
+ */
 static int
 pmd_offered(struct http *m)
 {
 	const char *p;
-	int i, r;
+	unsigned fl;
+	int i, r, bits;
 
 	for (i = 0; i < m->nh; i++) {
 		if (strcasecmp(m->h[i].name, "Sec-WebSocket-Extensions") != 0)
 			continue;
-		for (p = m->h[i].value; *p != '\0'; )
-			if ((r = pmd_offer_one(&p)) != 0) {
-				if (r > 0)
-					return 1;
+		for (p = m->h[i].value; *p != '\0'; ) {
+			if ((r = pmd_parse(&p, &fl, &bits)) < 0)
 				break;	/* malformed: the rest is unreadable */
-			}
+			if (r > 0 && bits == 15)
+				return 1;
+		}
 	}
 	return 0;
+}
+
+/*
+ * The upstream's answer to our offer: exactly one permessage-deflate,
+ * client_max_window_bits with a value if at all (7.1.2.2).  Returns -1
+ * if unacceptable, else whether it keeps its window between messages.
+ */
+static int
+pmd_accepted(const char *v)
+{
+	unsigned fl;
+	int bits;
+
+	if (pmd_parse(&v, &fl, &bits) != 1 || *v != '\0' ||
+	    ((fl & PMD_CBITS) && !(fl & PMD_CBITS_VALUE)))
+		return -1;
+	return !(fl & PMD_SERVER_NCT);
 }
 
 /* ==== Messages and queues ==== */
@@ -1581,8 +2745,13 @@ ws_head(struct conn *c)
 	d->fin = h[0] >> 7;
 	d->op = h[0] & 0x0F;
 	d->masked = h[1] >> 7;
-	/* No extension is negotiated, so RSV1-3 must be zero (5.2). */
-	if (h[0] & 0x70)
+	/*
+	 * RSV2-3 belong to no extension we agree to (5.2).  RSV1 marks a
+	 * compressed message under permessage-deflate, on its first frame
+	 * only, never on a control frame (RFC 7692 6).
+	 */
+	if ((h[0] & 0x30) || ((h[0] & 0x40) && (!c->deflate ||
+	    d->op == WS_OP_CONT || (d->op & 0x8))))
 		return CLOSE_PROTOCOL;
 	if (d->op > WS_OP_BINARY && (d->op < WS_OP_CLOSE || d->op > WS_OP_PONG))
 		return CLOSE_PROTOCOL;
@@ -1618,11 +2787,14 @@ ws_head(struct conn *c)
 		d->msgop = d->op;
 		d->msglen = 0;
 		d->utf8 = 0;
+		d->zmsg = (h[0] & 0x40) != 0;
+		/* A client's messages go nowhere unless tunnelled or inflated. */
+		d->keep = c->kind == CONN_UPSTREAM || opt.tunnel || d->zmsg;
 	}
 	if (len > opt.max_message - d->msglen)
 		return CLOSE_TOO_BIG;
 	d->msglen += len;
-	if (c->kind == CONN_CLIENT && !opt.tunnel)
+	if (!d->keep)
 		return 0;
 	/* The message is kept, in the buffer it will be sent from. */
 	need = (size_t)d->msglen;
@@ -1649,9 +2821,9 @@ ws_data(struct conn *c, const unsigned char *p, size_t n)
 {
 	struct wsdec *d = &c->d;
 
-	if (d->msgop == WS_OP_TEXT && utf8_check(&d->utf8, p, n) < 0)
+	if (d->msgop == WS_OP_TEXT && !d->zmsg && utf8_check(&d->utf8, p, n) < 0)
 		return CLOSE_BAD_DATA;
-	if (d->msg != NULL)
+	if (d->keep)
 		memcpy(d->msg->data + FRAME_HEAD + (d->msglen - d->left), p, n);
 	return 0;
 }
@@ -1696,34 +2868,79 @@ ws_control(struct conn *c)
 	return 0;
 }
 
+/*
+ * A compressed message (RSV1) is whole in d->msg: inflate it, to no more
+ * than --max-message (a deflate bomb gets 1009), and check a text's UTF-8
+ * (1007; corrupt data too).  With out, the result goes into a message of
+ * its own, *plen bytes; without, it is only checked.
+ */
+static int
+ws_inflate(struct conn *c, int op, struct msg **out, size_t *plen)
+{
+	struct wsdec *d = &c->d;
+	unsigned char *p;
+	uint32_t st = 0;
+	size_t n;
+	int r;
+
+	r = inflate_msg(c->zi != NULL ? c->zi : &zinf, d->msg->data +
+	    FRAME_HEAD, (size_t)d->msglen, &p, &n, opt.max_message);
+	if (r != INFL_OK)
+		return r == INFL_TOO_BIG ? CLOSE_TOO_BIG : r == INFL_NOMEM ?
+		    CLOSE_INTERNAL : CLOSE_BAD_DATA;
+	r = 0;
+	if (op == WS_OP_TEXT && (utf8_check(&st, p, n) < 0 || (st & 0xff)))
+		r = CLOSE_BAD_DATA;
+	else if (out != NULL && (*out = msg_new(n)) == NULL)
+		r = CLOSE_INTERNAL;
+	else if (out != NULL)
+		memcpy((*out)->data + FRAME_HEAD, p, n);
+	free(p);
+	*plen = n;
+	return r;
+}
+
 /* The last byte of a frame arrived. */
 static int
 ws_frame_end(struct conn *c)
 {
 	struct wsdec *d = &c->d;
-	struct msg *m;
-	int op = d->msgop;
+	struct msg *m, *z = NULL;
+	size_t plen;
+	int op = d->msgop, code;
 
 	if (d->op & 0x8)
 		return ws_control(c);
 	if (!d->fin)
 		return 0;
-	if (op == WS_OP_TEXT && (d->utf8 & 0xff) != 0)
+	if (op == WS_OP_TEXT && !d->zmsg && (d->utf8 & 0xff) != 0)
 		return CLOSE_BAD_DATA;	/* message ends inside a code point */
 	d->msgop = 0;
-	if (c->kind == CONN_CLIENT && !opt.tunnel)
+	if (!d->keep)
 		return 0;	/* clients' messages go nowhere */
 	m = d->msg;
-	if (c->kind == CONN_CLIENT) {
-		tunnel_send(c, op, m->data + FRAME_HEAD, (size_t)d->msglen);
-		if (d->msgcap > REUSE_MAX && c->state != CONN_DEAD) {
+	plen = (size_t)d->msglen;
+	if (d->zmsg && (code = ws_inflate(c, op, c->kind == CONN_UPSTREAM ||
+	    opt.tunnel ? &z : NULL, &plen)) != 0)
+		return code;
+	if (c->kind == CONN_CLIENT || z != NULL) {
+		if (c->kind == CONN_CLIENT && opt.tunnel)
+			tunnel_send(c, op, (z ? z : m)->data + FRAME_HEAD, plen);
+		else if (z != NULL) {
+			msg_seal(z, op, plen);
+			upstream_deliver(c->up, z);
+		}
+		msg_unref(z);
+		/* A client's buffer goes: its messages are few and dropped. */
+		if ((d->msgcap > REUSE_MAX || (c->kind == CONN_CLIENT &&
+		    !opt.tunnel)) && c->state != CONN_DEAD) {
 			msg_unref(m);
 			d->msg = NULL;
 			d->msgcap = 0;
 		}
 		return 0;
 	}
-	msg_seal(m, op, (size_t)d->msglen);
+	msg_seal(m, op, plen);
 	upstream_deliver(c->up, m);
 	if (c->state == CONN_DEAD)
 		return 0;	/* conn_kill() has let go of m */
@@ -1964,15 +3181,15 @@ ca_load(const char *path)
 	long n;
 
 	if ((buf = file_read(path, &len)) == NULL) {
-		fprintf(stderr, "wsfwd: CA bundle %s: %s; give a readable PEM "
-		    "bundle with --ca FILE\n", path, strerror(errno));
+		warnx("CA bundle %s: %s; give a readable PEM bundle with "
+		    "--ca FILE", path, strerror(errno));
 		exit(2);
 	}
 	n = ca_parse(buf, len);
 	free(buf);
 	if (n < 0) {
-		fprintf(stderr, "wsfwd: %s is not a valid PEM file; give a PEM "
-		    "bundle with --ca FILE\n", path);
+		warnx("%s is not a valid PEM file; give a PEM bundle with "
+		    "--ca FILE", path);
 		exit(2);
 	}
 	return (size_t)n;
@@ -1995,21 +3212,21 @@ ca_setup(void)
 	size_t i;
 
 	if (opt.insecure) {
-		fprintf(stderr, "wsfwd: warning: -k: TLS certificates and host "
-		    "names are NOT verified\n");
+		warnx("warning: -k: TLS certificates and host names are NOT "
+		    "verified");
 		return;
 	}
 	for (i = 0; path == NULL && i < LEN(bundles); i++)
 		if (access(bundles[i], R_OK) == 0)
 			path = bundles[i];
 	if (path == NULL) {
-		fprintf(stderr, "wsfwd: no CA bundle found for wss://; give "
-		    "one with --ca FILE (or -k to skip verification)\n");
+		warnx("no CA bundle found for wss://; give one with --ca FILE "
+		    "(or -k to skip verification)");
 		exit(2);
 	}
 	if (ca_load(path) == 0) {
-		fprintf(stderr, "wsfwd: %s holds no usable certificate; give "
-		    "a PEM bundle with --ca FILE\n", path);
+		warnx("%s holds no usable certificate; give a PEM bundle "
+		    "with --ca FILE", path);
 		exit(2);
 	}
 	logmsg(L_DEBUG, "%zu trust anchors from %s", nanchors, path);
@@ -2110,8 +3327,7 @@ tls_profile(struct tls *t)
 	static const struct {
 		int id;
 		const br_hash_class *vt;
-	} hashes[] = {
-		{ br_sha1_ID, &br_sha1_vtable },
+	} hashes[] = {	/* no SHA-1: no CA has signed with it since 2016 */
 		{ br_sha256_ID, &br_sha256_vtable },
 		{ br_sha384_ID, &br_sha384_vtable },
 		{ br_sha512_ID, &br_sha512_vtable },
@@ -2124,7 +3340,8 @@ tls_profile(struct tls *t)
 	br_ssl_engine_set_versions(eng, BR_TLS12, BR_TLS12);
 	br_ssl_engine_set_suites(eng, suites, LEN(suites));
 	br_ssl_engine_set_default_ec(eng);
-	br_ssl_engine_set_default_rsavrfy(eng);
+	/* i31: RSA only checks a chain, once per connection; 2 KB less than i62. */
+	br_ssl_engine_set_rsavrfy(eng, &br_rsa_i31_pkcs1_vrfy);
 	br_ssl_engine_set_default_ecdsa(eng);
 	br_ssl_engine_set_prf_sha256(eng, &br_tls12_sha256_prf);
 	br_ssl_engine_set_prf_sha384(eng, &br_tls12_sha384_prf);
@@ -2458,6 +3675,10 @@ conn_kill(struct conn *c)
 	c->d.msg = NULL;
 	free(c->tls);
 	c->tls = NULL;
+	if (c->zi != NULL)
+		inflate_free(c->zi);
+	free(c->zi);
+	c->zi = NULL;
 	if (c->up != NULL && c->up->c == c)
 		c->up->c = NULL;
 	if (c->kind == CONN_CLIENT)
@@ -2984,6 +4205,7 @@ client_unlink(struct conn *c)
 	c->joined = 0;
 	c->route = NULL;
 	r->nclients--;
+	r->nz -= c->deflate;
 	nclients_open--;
 	if (r->tclient == c)
 		r->tclient = NULL;
@@ -3178,6 +4400,7 @@ client_check(struct conn *c, struct http *m, const char **key,
 	*why = "--max-clients reached";
 	if (opt.max_clients != 0 && nclients_open >= opt.max_clients)
 		return 503;
+	c->deflate = opt.deflate && pmd_offered(m);
 	if (!conf->prefix && !opt.tunnel) {
 		c->route = conf;
 		return 101;
@@ -3195,11 +4418,17 @@ client_join(struct conn *c, const char *accept, const char *proto)
 	char buf[512];
 	int n;
 
+	/*
+	 * No context takeover either way: one compressed form of a message
+	 * serves every client, and a client's messages need no window kept.
+	 */
 	n = snprintf(buf, sizeof buf, "HTTP/1.1 101 Switching Protocols\r\n"
 	    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-	    "Sec-WebSocket-Accept: %s\r\n%s%s%s\r\n", accept,
+	    "Sec-WebSocket-Accept: %s\r\n%s%s%s%s\r\n", accept,
 	    proto ? "Sec-WebSocket-Protocol: " : "", proto ? proto : "",
-	    proto ? "\r\n" : "");
+	    proto ? "\r\n" : "", c->deflate ? "Sec-WebSocket-Extensions: "
+	    "permessage-deflate; server_no_context_takeover; "
+	    "client_no_context_takeover\r\n" : "");
 	if (conn_queue(c, msg_raw(buf, (size_t)n), 1) < 0)
 		return;
 	c->state = CONN_OPEN;
@@ -3213,6 +4442,7 @@ client_join(struct conn *c, const char *accept, const char *proto)
 		r->clients->prev = c;
 	r->clients = c;
 	r->nclients++;
+	r->nz += c->deflate;
 	nclients_open++;
 	c->joined = 1;
 	logmsg(L_INFO, "[%u] %s connected to %s, %u clients", c->id, c->peer,
@@ -3253,14 +4483,19 @@ client_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 		conn_fail(c, code);
 }
 
-/* Queue one shared message to every open client of r. */
+/*
+ * Queue one shared message to every open client of r that took
+ * permessage-deflate (z = 1), or to every other one (z = 0).
+ */
 static void
-broadcast(struct route *r, struct msg *m)
+broadcast(struct route *r, struct msg *m, int z)
 {
 	struct conn *c, *next;
 
 	for (c = r->clients; c != NULL; c = next) {
 		next = c->next;
+		if (c->deflate != z)
+			continue;
 		if (c->q.n > 0 && queue_behind(&c->q) + m->len > opt.max_queue) {
 			logmsg(L_INFO, "[%u] %s slow client dropped: %zu bytes "
 			    "unsent, over --max-queue %zu", c->id, c->peer,
@@ -3282,42 +4517,94 @@ broadcast(struct route *r, struct msg *m)
 }
 
 /*
- * Room for n more bytes at the end of r's batch (a new or fresh one).
- * The small messages of one turn share that buffer, so each client gets
- * them in one piece and one sendmsg().
+ * Room for n more bytes at the end of r's batch for class z (a new or
+ * fresh one).  The small messages of one turn share that buffer, so each
+ * client gets them in one piece and one sendmsg().
  */
 static unsigned char *
-batch_room(struct route *r, size_t n)
+batch_room(struct route *r, int z, size_t n)
 {
-	if (r->batch != NULL && r->batch->len + n > BATCH_CAP)
+	if (r->batch[z] != NULL && r->batch[z]->len + n > BATCH_CAP)
 		batch_flush(r);
-	if (r->batch == NULL && (r->batch = msg_new(BATCH_CAP)) == NULL)
+	if (r->batch[z] == NULL && (r->batch[z] = msg_new(BATCH_CAP)) == NULL)
 		return NULL;
-	return r->batch->p + r->batch->len;
+	return r->batch[z]->p + r->batch[z]->len;
 }
 
-/* Hand the batch to the clients, trimmed to what it holds. */
+/* Hand the batches to the clients, trimmed to what they hold. */
 static void
 batch_flush(struct route *r)
 {
-	struct msg *b = r->batch, *v;
+	struct msg *b, *v;
+	int z;
 
-	if (b == NULL)
-		return;
-	r->batch = NULL;
-	if (b->len > 0) {
-		if ((v = realloc(b, sizeof *b + FRAME_HEAD + 4 + b->len)) != NULL)
-			b = v, b->p = b->data + FRAME_HEAD;
-		broadcast(r, b);
+	for (z = 0; z < 2; z++) {
+		if ((b = r->batch[z]) == NULL)
+			continue;
+		r->batch[z] = NULL;
+		if (b->len > 0) {
+			if ((v = realloc(b, sizeof *b + FRAME_HEAD + 4 +
+			    b->len)) != NULL)
+				b = v, b->p = b->data + FRAME_HEAD;
+			broadcast(r, b, z);
+		}
+		msg_unref(b);
 	}
-	msg_unref(b);
+}
+
+/* Frame m to the clients of class z: into the batch, or on its own. */
+static void
+route_put(struct route *r, int z, struct msg *m)
+{
+	unsigned char *dst;
+
+	if (m->len > BATCH_SMALL || (dst = batch_room(r, z, m->len)) == NULL) {
+		batch_flush(r);
+		broadcast(r, m, z);
+		return;
+	}
+	memcpy(dst, m->p, m->len);
+	r->batch[z]->len += m->len;
+}
+
+/*
+ * m compressed for the clients that took permessage-deflate: made once,
+ * whatever their number.  NULL when not worth it: a payload under
+ * --deflate-min, or one that does not shrink.
+ */
+static struct msg *
+route_deflate(struct msg *m)
+{
+	unsigned char *pl = m->data + FRAME_HEAD;
+	size_t plen = m->len - (size_t)(pl - m->p), n;
+	struct msg *z;
+
+	if (plen < opt.deflate_min || zdef_state < 0)
+		return NULL;
+	if (zdef_state == 0 && (zdef_state = deflate_init(&zdef) < 0 ? -1 :
+	    1) < 0) {
+		logmsg(L_ERR, "out of memory for the compressor; messages go "
+		    "uncompressed");
+		return NULL;
+	}
+	if ((z = msg_new(plen)) == NULL)
+		return NULL;
+	if ((n = deflate_msg(&zdef, pl, plen, 15, z->data + FRAME_HEAD,
+	    plen)) == 0) {
+		msg_unref(z);
+		return NULL;
+	}
+	msg_seal(z, m->p[0] & 0x0F, n);
+	z->p[0] |= 0x40;		/* RSV1: compressed (RFC 7692 6) */
+	return z;
 }
 
 /* One whole frame for every client of r, in order with the rest. */
 static void
 route_send(struct route *r, struct msg *m)
 {
-	unsigned char *dst;
+	struct msg *z;
+	unsigned nplain = r->nclients - r->nz;
 
 	r->msgs_in++;
 	r->bytes_in += m->len - (size_t)(m->data + FRAME_HEAD - m->p);
@@ -3325,15 +4612,15 @@ route_send(struct route *r, struct msg *m)
 		route_keep(r, m);
 	if (r->nclients == 0)
 		return;
+	z = r->nz > 0 ? route_deflate(m) : NULL;
 	r->msgs_out += r->nclients;
-	r->bytes_out += (uint64_t)r->nclients * m->len;
-	if (m->len > BATCH_SMALL || (dst = batch_room(r, m->len)) == NULL) {
-		batch_flush(r);
-		broadcast(r, m);
-		return;
-	}
-	memcpy(dst, m->p, m->len);
-	r->batch->len += m->len;
+	r->bytes_out += (uint64_t)nplain * m->len +
+	    (uint64_t)r->nz * (z != NULL ? z->len : m->len);
+	if (nplain > 0)
+		route_put(r, 0, m);
+	if (r->nz > 0)
+		route_put(r, 1, z != NULL ? z : m);
+	msg_unref(z);
 }
 
 /* The bucket of an address (FNV-1a). */
@@ -3690,10 +4977,11 @@ upstream_connect_done(struct conn *c, int err)
 	proto = u->route->proto;
 	n = snprintf(buf, sizeof buf, "GET %s HTTP/1.1\r\nHost: %s\r\n"
 	    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-	    "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s%s%s"
+	    "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s%s%s%s"
 	    "User-Agent: wsfwd/" VERSION "\r\n\r\n", u->url->target,
 	    u->url->hosthdr, key, proto ? "Sec-WebSocket-Protocol: " : "",
-	    proto ? proto : "", proto ? "\r\n" : "");
+	    proto ? proto : "", proto ? "\r\n" : "", opt.upstream_deflate ?
+	    "Sec-WebSocket-Extensions: permessage-deflate\r\n" : "");
 	if (n < 0 || n >= (int)sizeof buf) {
 		upstream_fail(u, "URL too long for a request");
 		return;
@@ -3708,6 +4996,7 @@ upstream_check(struct upstream *u, struct http *m)
 {
 	static char why[96];
 	const char *v;
+	int n;
 
 	if (m->status != 101) {
 		snprintf(why, sizeof why, "handshake refused: HTTP %d %.60s",
@@ -3722,9 +5011,12 @@ upstream_check(struct upstream *u, struct http *m)
 	if ((v = http_header(m, "Sec-WebSocket-Accept", NULL)) == NULL ||
 	    strcmp(v, u->accept) != 0)
 		return "handshake: wrong Sec-WebSocket-Accept";
-	/* We asked for no extension, and only a tunnel's subprotocols. */
-	if (http_header(m, "Sec-WebSocket-Extensions", NULL) != NULL)
+	/* Only the extension we asked for; only a tunnel's subprotocols. */
+	if ((v = http_header(m, "Sec-WebSocket-Extensions", &n)) != NULL &&
+	    !opt.upstream_deflate)
 		return "handshake: unrequested extension";
+	if (v != NULL && (n != 1 || pmd_accepted(v) < 0))
+		return "handshake: bad permessage-deflate answer";
 	if ((v = http_header(m, "Sec-WebSocket-Protocol", NULL)) != NULL &&
 	    (u->route->proto == NULL || !http_has_token(u->route->proto, v)))
 		return "handshake: unrequested subprotocol";
@@ -3770,6 +5062,17 @@ upstream_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 	/* A successor's own rotation starts when it takes over. */
 	u->rotate_at = opt.rotate_ms != 0 && !u->cat && u->prev == NULL ?
 	    now + opt.rotate_ms : 0;
+	if ((v = http_header(&m, "Sec-WebSocket-Extensions", NULL)) != NULL) {
+		c->deflate = 1;
+		/* A server that keeps its window needs ours kept too. */
+		if (pmd_accepted(v) == 1) {
+			if ((c->zi = calloc(1, sizeof *c->zi)) == NULL) {
+				upstream_fail(u, "out of memory");
+				return;
+			}
+			inflate_init(c->zi, 15, 1);
+		}
+	}
 	if (u->ai != NULL)
 		freeaddrinfo(u->ai);
 	u->ai = u->next_ai = NULL;
@@ -4430,7 +5733,8 @@ route_retire(struct route *r)
 	*pp = r->inext;
 	r->parent->ninst--;
 	feed_unlink(r);
-	msg_unref(r->batch);
+	msg_unref(r->batch[0]);
+	msg_unref(r->batch[1]);
 	upstream_free(r->up);
 	for (i = 0; i < r->ringn; i++)
 		msg_unref(r->ring[(r->ringhead + i) % opt.replay]);
@@ -4573,15 +5877,15 @@ stdin_line(struct route *r, const unsigned char *p, size_t n)
 	if (r->nclients == 0 && opt.replay == 0)
 		return;
 	hl = ws_head_len(n);
-	if (opt.replay == 0 && hl + n <= BATCH_SMALL &&
-	    (dst = batch_room(r, hl + n)) != NULL) {
+	if (opt.replay == 0 && r->nz == 0 && hl + n <= BATCH_SMALL &&
+	    (dst = batch_room(r, 0, hl + n)) != NULL) {
 		r->msgs_in++;
 		r->bytes_in += n;
 		r->msgs_out += r->nclients;
 		r->bytes_out += (uint64_t)r->nclients * (hl + n);
 		ws_head_write(dst, WS_OP_TEXT, n);
 		memcpy(dst + hl, p, n);
-		r->batch->len += hl + n;
+		r->batch[0]->len += hl + n;
 		return;
 	}
 	if ((m = msg_new(n)) == NULL) {
@@ -4754,16 +6058,13 @@ static void
 stats_feed_json(struct sbuf *b, const struct route *r)
 {
 	char since[64] = "null";
-	struct tm tm;
-	time_t t;
+	int f[6];
 
 	if (r->up != NULL && r->up->up_since != 0 && r->up->c != NULL &&
 	    r->up->c->state == CONN_OPEN) {
-		t = time(NULL) - (time_t)((now - r->up->up_since) / 1000);
-		gmtime_r(&t, &tm);
+		utc_fields(time(NULL) - (now - r->up->up_since) / 1000, f);
 		snprintf(since, sizeof since, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"",
-		    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-		    tm.tm_min, tm.tm_sec);
+		    f[0], f[1], f[2], f[3], f[4], f[5]);
 	}
 	sb_printf(b, "{\"path\":");
 	sb_quote(b, r->path);
@@ -4865,21 +6166,24 @@ static void
 stats_log(void)
 {
 	struct route *conf, *r;
+	struct sbuf b;
 	size_t i;
 
+	memset(&b, 0, sizeof b);
 	logmsg(L_ERR, "stats: up %" PRId64 " s, %lu KiB resident, %u clients",
 	    (now - start_ms) / 1000, rss_kib(), nclients_open);
 	for (i = 0; i < nroutes; i++) {
 		conf = &routes[i];
-		for (r = feed_iter(conf, NULL); r != NULL; r = feed_iter(conf, r))
-			logmsg(L_ERR, "stats %s: %s, %u reconnects, in %" PRIu64
-			    " msgs %" PRIu64 " B, out %" PRIu64 " msgs %" PRIu64
-			    " B, %u clients, %" PRIu64 " dropped, queue high "
-			    "water %zu B", r->path, feed_state(r),
-			    r->up && r->up->connects ? r->up->connects - 1 : 0,
-			    r->msgs_in, r->bytes_in, r->msgs_out, r->bytes_out,
-			    r->nclients, r->dropped, r->qhwm);
+		for (r = feed_iter(conf, NULL); r != NULL;
+		    r = feed_iter(conf, r)) {
+			b.len = 0;
+			stats_feed_json(&b, r);
+			if (!b.oom)
+				logmsg(L_ERR, "stats %s: %.*s", conf->path,
+				    (int)b.len, b.p);
+		}
 	}
+	free(b.p);
 }
 
 /* A plain GET of --stats: JSON, or Prometheus text when asked for. */
@@ -5259,70 +6563,64 @@ bad:
 /* ==== Options ==== */
 
 static void
-usage(FILE *f)
+usage(int fd)
 {
-	fputs(
-"usage: wsfwd [options] [--send TEXT...] ROUTE...\n"
+	static const char text[] =
+"usage: wsfwd [options] [--send TEXT|@FILE ...] ROUTE...\n"
 "       wsfwd --cat URL\n"
 "\n"
-"Forward WebSocket feeds: one upstream connection per route, every message\n"
-"re-sent unchanged to every client of that route.\n"
+"Keep one upstream connection per feed and re-send its messages, unchanged,\n"
+"to every WebSocket client of the route.  ROUTE is [PATH=]URL, with URL\n"
+"ws[s]://HOST[:PORT][/PATH][?QUERY], or - for stdin (a message a line); PATH\n"
+"defaults to the URL's path.  A PATH and URL ending in * make a prefix route:\n"
+"an upstream per full path that clients ask for.\n"
 "\n"
-"ROUTE is [PATH=]URL.  URL is ws[s]://HOST[:PORT]/PATH[?QUERY], or - for stdin\n"
-"(one text message per line; at EOF clients get close 1000).  PATH, the path\n"
-"clients ask for, defaults to the URL's path (/ for -).  A PATH ending in *\n"
-"is a prefix route: the rest of the client's path and query replace the *\n"
-"that ends URL, and the clients of one full path share one upstream.\n"
-"\n"
-"  -l, --listen [ADDR:]PORT  where clients connect (default 127.0.0.1:19443;\n"
-"                            PORT alone: every interface, IPv6 too)\n"
-"      --max-message BYTES   largest message from any peer, K/M/G suffixes\n"
-"                            (default 16M; larger: close 1009)\n"
-"      --max-queue BYTES     unsent bytes a client may fall behind before it\n"
-"                            is dropped (default 1M)\n"
-"      --max-clients N       clients beyond N get HTTP 503 (default: no limit)\n"
-"      --ping SECONDS        ping clients and upstreams this often; drop a peer\n"
-"                            silent for two intervals (default 30, 0: off)\n"
-"      --send TEXT|@FILE     a text message sent to the upstream of the ROUTE\n"
-"                            that follows, after every handshake (repeatable)\n"
-"      --replay N            a new client gets the route's last N messages\n"
-"                            first (default 0)\n"
-"      --linger SECONDS      keep a prefix route's upstream this long after\n"
-"                            its last client left (default 10)\n"
-"      --max-upstreams N     upstreams open per prefix or tunnel route; more\n"
-"                            clients get 503 (default 256)\n"
-"      --rotate SECONDS      replace each upstream connection after this long,\n"
-"                            without a gap (default 0: never)\n"
+"  -l, --listen [ADDR:]PORT  listen there (127.0.0.1:19443; PORT alone: all)\n"
+"      --max-message BYTES   largest message, K/M/G (16M; larger: close 1009)\n"
+"      --max-queue BYTES     a client this far behind is dropped (1M)\n"
+"      --max-clients N       more clients get 503 (default: no limit)\n"
+"      --max-per-ip N        more connections from one address get 503\n"
+"      --ping SECONDS        ping peers; drop one silent for twice that (30)\n"
+"      --send TEXT|@FILE     a text for the next ROUTE's upstream, on connect\n"
+"      --replay N            a new client first gets the last N messages (0)\n"
+"      --linger SECONDS      keep an unused prefix route upstream open (10)\n"
+"      --max-upstreams N     upstreams per prefix or tunnel route (256)\n"
+"      --rotate SECONDS      replace upstream connections this old, no gap\n"
 "      --tunnel              an upstream per client, messages both ways\n"
-"      --client-rate N       --tunnel: at most N frames a second from a client\n"
-"                            to its upstream; the rest wait (default: no limit)\n"
-"      --origin ORIGIN       admit only clients with this Origin (repeatable)\n"
-"      --token TOKEN         admit only clients with ?token=TOKEN or\n"
-"                            Authorization: Bearer TOKEN (also for --stats)\n"
-"      --max-per-ip N        connections from one address beyond N get 503\n"
-"      --stats PATH          GET PATH: JSON figures (Prometheus text with\n"
-"                            ?format=prometheus); SIGUSR1 logs them\n"
-"      --cat URL             print each message of URL as a line on stdout;\n"
-"                            exit 0 when the server closes normally\n"
-"      --ca FILE             PEM bundle of CAs trusted for wss:// (default:\n"
-"                            the system bundle)\n"
-"  -k, --insecure            wss:// without verifying certificate or name\n"
-"      --syslog[=SOCKET]     log to syslog, daemon facility, no timestamps\n"
-"                            (default socket /dev/log)\n"
+"      --client-rate N       --tunnel: at most N client frames a second\n"
+"      --origin ORIGIN       admit only this Origin (repeatable)\n"
+"      --token TOKEN         admit only ?token=TOKEN or Bearer TOKEN\n"
+"      --stats PATH          GET PATH: JSON figures, or ?format=prometheus\n"
+"      --deflate on|off      permessage-deflate with clients (on)\n"
+"      --deflate-min BYTES   compress from this size on (64)\n"
+"      --upstream-deflate    ask upstreams for permessage-deflate\n"
+"      --cat URL             print URL's messages, one a line, then exit\n"
+"      --ca FILE             CAs for wss:// (default: the system's)\n"
+"  -k, --insecure            wss:// without checking certificates\n"
+"      --syslog[=SOCKET]     log to syslog (/dev/log)\n"
 "  -q, --quiet               log errors only\n"
 "  -v, --verbose             log protocol detail too\n"
-"  -h, --help                this text\n"
-"      --version             print the version\n"
+"  -h, --help                this text; --version: the version\n"
 "\n"
-"Exit status: 0 after SIGTERM/SIGINT, or at the end of stdin when - is the\n"
-"only route; 1 on a runtime failure; 2 on bad arguments.\n"
-"\n"
-"examples:\n"
-"  wsfwd /ws=ws://feed.example:8080/ws\n"
-"      clients open ws://127.0.0.1:19443/ws\n"
+"Exit status: 0 after SIGTERM/SIGINT or at the end of stdin, 1 on a failure,\n"
+"2 on bad arguments.  All the details: wsfwd(1).  For example,\n"
 "  wsfwd '/ws/*=wss://stream.binance.com:9443/ws/*'\n"
-"      ws://127.0.0.1:19443/ws/btcusdt@trade is Binance's btcusdt@trade\n"
-"  wsfwd --send @subscribe.json /cb=wss://ws-feed.exchange.coinbase.com\n", f);
+"and clients open ws://127.0.0.1:19443/ws/btcusdt@trade.\n";
+
+	if (write(fd, text, sizeof text - 1) < 0)
+		(void)0;
+}
+
+/* The value of --name: a decimal from min to max, or a usage error. */
+static unsigned long
+num(const char *name, const char *arg, unsigned long min, unsigned long max)
+{
+	unsigned long v;
+
+	if (parse_uint(arg, max, &v) < 0 || v < min)
+		usage_error("--%s: bad value '%s' (%lu to %lu)", name, arg, min,
+		    max);
+	return v;
 }
 
 /* A positive decimal no larger than max; -1 on anything else. */
@@ -5489,7 +6787,8 @@ options_parse(int argc, char **argv)
 {
 	enum { O_MAXMSG = 256, O_MAXQ, O_MAXCL, O_PING, O_VERSION, O_CAT,
 	    O_CA, O_SYSLOG, O_LINGER, O_MAXUP, O_SEND, O_REPLAY, O_ROTATE,
-	    O_TUNNEL, O_RATE, O_ORIGIN, O_TOKEN, O_PERIP, O_STATS };
+	    O_TUNNEL, O_RATE, O_ORIGIN, O_TOKEN, O_PERIP, O_STATS, O_DEFLATE,
+	    O_DEFLATE_MIN, O_UPDEFLATE };
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, 'l' },
 		{ "max-message", required_argument, NULL, O_MAXMSG },
@@ -5511,6 +6810,9 @@ options_parse(int argc, char **argv)
 		{ "token", required_argument, NULL, O_TOKEN },
 		{ "max-per-ip", required_argument, NULL, O_PERIP },
 		{ "stats", required_argument, NULL, O_STATS },
+		{ "deflate", required_argument, NULL, O_DEFLATE },
+		{ "deflate-min", required_argument, NULL, O_DEFLATE_MIN },
+		{ "upstream-deflate", no_argument, NULL, O_UPDEFLATE },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
@@ -5521,8 +6823,7 @@ options_parse(int argc, char **argv)
 	struct { char *arg, **send; size_t *sendlen, nsend; } *args = NULL;
 	char **send = NULL, err[128];
 	size_t *sendlen = NULL, nsend = 0, nargs = 0;
-	unsigned long v;
-	int ch, quiet = 0, verbose = 0, i;
+	int ch, quiet = 0, verbose = 0, i, li = 0;
 	void *p1, *p2;
 
 	opt.max_message = LINE_MAX_DEFAULT;
@@ -5530,6 +6831,8 @@ options_parse(int argc, char **argv)
 	opt.ping_ms = PING_DEFAULT_S * 1000;
 	opt.linger_ms = LINGER_DEFAULT_S * 1000;
 	opt.max_upstreams = MAX_UPSTREAMS_DEFAULT;
+	opt.deflate = 1;
+	opt.deflate_min = DEFLATE_MIN_DEFAULT;
 	listen_parse(dflt);
 	opterr = 0;
 	/*
@@ -5537,7 +6840,7 @@ options_parse(int argc, char **argv)
 	 * takes the --send texts given before it.  Routes are added once all
 	 * options are known (--tunnel, --stats bear on them).
 	 */
-	while ((ch = getopt_long(argc, argv, "-:l:kqvh", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "-:l:kqvh", longopts, &li)) != -1) {
 		switch (ch) {
 		case 1:
 			if ((p1 = realloc(args, (nargs + 1) * sizeof *args)) ==
@@ -5563,35 +6866,27 @@ options_parse(int argc, char **argv)
 			nsend++;
 			break;
 		case O_LINGER:
-			if (parse_uint(optarg, 86400, &v) < 0)
-				usage_error("--linger: bad seconds '%s'", optarg);
-			opt.linger_ms = (int)v * 1000;
+			opt.linger_ms = (int)num(longopts[li].name, optarg,
+			    0, 86400) * 1000;
 			break;
 		case O_MAXUP:
-			if (parse_uint(optarg, 1000000, &v) < 0 || v == 0)
-				usage_error("--max-upstreams: bad number '%s'",
-				    optarg);
-			opt.max_upstreams = (unsigned)v;
+			opt.max_upstreams = (unsigned)num(longopts[li].name, optarg,
+			    1, 1000000);
 			break;
 		case O_REPLAY:
-			if (parse_uint(optarg, REPLAY_MAX, &v) < 0)
-				usage_error("--replay: bad number '%s' (at most "
-				    "%d)", optarg, REPLAY_MAX);
-			opt.replay = (unsigned)v;
+			opt.replay = (unsigned)num(longopts[li].name, optarg,
+			    0, REPLAY_MAX);
 			break;
 		case O_ROTATE:
-			if (parse_uint(optarg, 30 * 86400, &v) < 0)
-				usage_error("--rotate: bad seconds '%s'", optarg);
-			opt.rotate_ms = (int64_t)v * 1000;
+			opt.rotate_ms = (int64_t)num(longopts[li].name, optarg,
+			    0, 30 * 86400) * 1000;
 			break;
 		case O_TUNNEL:
 			opt.tunnel = 1;
 			break;
 		case O_RATE:
-			if (parse_uint(optarg, 100000, &v) < 0 || v == 0)
-				usage_error("--client-rate: bad number '%s'",
-				    optarg);
-			opt.client_rate = (unsigned)v;
+			opt.client_rate = (unsigned)num(longopts[li].name, optarg,
+			    1, 100000);
 			break;
 		case O_ORIGIN:
 			if ((p1 = realloc(opt.origins, (opt.norigins + 1) *
@@ -5607,10 +6902,22 @@ options_parse(int argc, char **argv)
 			opt.token = optarg;
 			break;
 		case O_PERIP:
-			if (parse_uint(optarg, 1000000, &v) < 0 || v == 0)
-				usage_error("--max-per-ip: bad number '%s'",
+			opt.max_per_ip = (unsigned)num(longopts[li].name, optarg,
+			    1, 1000000);
+			break;
+		case O_DEFLATE:
+			if (strcmp(optarg, "on") != 0 &&
+			    strcmp(optarg, "off") != 0)
+				usage_error("--deflate: on or off, not '%s'",
 				    optarg);
-			opt.max_per_ip = (unsigned)v;
+			opt.deflate = strcmp(optarg, "on") == 0;
+			break;
+		case O_DEFLATE_MIN:
+			opt.deflate_min = (size_t)num(longopts[li].name, optarg,
+			    0, SIZE_LIMIT);
+			break;
+		case O_UPDEFLATE:
+			opt.upstream_deflate = 1;
 			break;
 		case O_STATS:
 			if (optarg[0] != '/' || strpbrk(optarg, " ?*") != NULL)
@@ -5622,23 +6929,19 @@ options_parse(int argc, char **argv)
 			listen_parse(optarg);
 			break;
 		case O_MAXMSG:
-			if (parse_size(optarg, &opt.max_message) < 0)
-				usage_error("--max-message: bad size '%s'", optarg);
-			break;
 		case O_MAXQ:
-			if (parse_size(optarg, &opt.max_queue) < 0)
-				usage_error("--max-queue: bad size '%s'", optarg);
+			if (parse_size(optarg, ch == O_MAXMSG ? &opt.max_message :
+			    &opt.max_queue) < 0)
+				usage_error("--%s: bad size '%s' (1 to 1G, K/M/G "
+				    "suffixes)", longopts[li].name, optarg);
 			break;
 		case O_MAXCL:
-			if (parse_uint(optarg, 1000000, &v) < 0 || v == 0)
-				usage_error("--max-clients: bad number '%s'",
-				    optarg);
-			opt.max_clients = (unsigned)v;
+			opt.max_clients = (unsigned)num(longopts[li].name, optarg,
+			    1, 1000000);
 			break;
 		case O_PING:
-			if (parse_uint(optarg, 86400, &v) < 0)
-				usage_error("--ping: bad seconds '%s'", optarg);
-			opt.ping_ms = (int)v * 1000;
+			opt.ping_ms = (int)num(longopts[li].name, optarg,
+			    0, 86400) * 1000;
 			break;
 		case O_CAT:
 			opt.cat = optarg;
@@ -5659,10 +6962,12 @@ options_parse(int argc, char **argv)
 			verbose++;
 			break;
 		case 'h':
-			usage(stdout);
+			usage(STDOUT_FILENO);
 			exit(0);
 		case O_VERSION:
-			puts("wsfwd " VERSION);
+			if (write(STDOUT_FILENO, "wsfwd " VERSION "\n",
+			    sizeof "wsfwd " VERSION) < 0)
+				(void)0;
 			exit(0);
 		case ':':
 			usage_error("option %s needs a value", argv[optind - 1]);
@@ -5753,6 +7058,7 @@ setup(void)
 	if (opt.syslog != NULL && syslog_open() < 0)
 		die("--syslog: %s:", opt.syslog);
 	start_ms = now = now_ms();
+	inflate_init(&zinf, 15, 0);
 	for (i = 0; i < nroutes; i++)
 		if (routes[i].url.tls) {
 			ca_setup();
@@ -5827,7 +7133,7 @@ main(int argc, char **argv)
  */
 enum {
 	FUZZ_REQUEST = 1, FUZZ_RESPONSE, FUZZ_FRAME_SERVER, FUZZ_FRAME_CLIENT,
-	FUZZ_UTF8, FUZZ_URL, FUZZ_PEM
+	FUZZ_UTF8, FUZZ_URL, FUZZ_PEM, FUZZ_INFLATE
 };
 
 int	LLVMFuzzerTestOneInput(const uint8_t *, size_t);
@@ -5917,6 +7223,52 @@ fuzz_utf8_ref(const uint8_t *p, size_t n)
 	return 1;
 }
 
+/*
+ * The first byte picks: bit 7 set, a round trip (deflate the rest with
+ * window bits 8 + bits 0-2, inflate it back: the same bytes); clear,
+ * inflate the rest as messages, each a 2-byte length and its bytes, with
+ * window bits 8 + bits 0-2, bit 3 keeping the window, bits 4-5 the limit.
+ */
+static void
+fuzz_inflate(const uint8_t *data, size_t size)
+{
+	static const size_t maxes[4] = { 64, 4096, 65536, 1 << 20 };
+	struct inflate z;
+	unsigned char *out, *back;
+	size_t n, len, max;
+	int mode;
+
+	if (size == 0)
+		return;
+	mode = *data++, size--;
+	inflate_init(&z, 8 + (mode & 7), mode & 8);
+	if (mode & 0x80) {
+		if (zdef_state == 0)
+			zdef_state = deflate_init(&zdef) < 0 ? -1 : 1;
+		if (zdef_state < 0 || (out = malloc(DEFL_BOUND(size))) == NULL)
+			abort();
+		len = deflate_msg(&zdef, data, size, 8 + (mode & 7), out,
+		    DEFL_BOUND(size));
+		if (len == 0 || inflate_msg(&z, out, len, &back, &n, size) !=
+		    INFL_OK || n != size || (n > 0 && memcmp(back, data, n)))
+			abort();
+		free(out), free(back);
+		inflate_free(&z);
+		return;
+	}
+	max = maxes[mode >> 4 & 3];
+	while (size >= 2) {
+		n = MIN((size_t)(data[0] | data[1] << 8), size - 2);
+		data += 2, size -= 2;
+		if (inflate_msg(&z, data, n, &out, &len, max) == INFL_OK ?
+		    len > max : out != NULL)
+			abort();
+		free(out);
+		data += n, size -= n;
+	}
+	inflate_free(&z);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -5937,6 +7289,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_up.route = &fuzz_route, fuzz_up.url = &fuzz_url;
 		fuzz_url.text = "ws://fuzz/a";
 		routes = &fuzz_route, nroutes = 1;
+		inflate_init(&zinf, 15, 0);
 	}
 	now = now_ms();
 	switch (WSFWD_FUZZ) {
@@ -5944,6 +7297,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	case FUZZ_FRAME_SERVER:
 		c = fuzz_conn(CONN_CLIENT, WSFWD_FUZZ == FUZZ_REQUEST ?
 		    CONN_HANDSHAKE : CONN_OPEN);
+		c->deflate = size > 0 && data[0] >> 7;	/* RSV1 allowed */
 		fuzz_chunks(c, data, size);
 		fuzz_free(c);
 		break;
@@ -5953,9 +7307,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		memcpy(fuzz_up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", 29);
 		cl = fuzz_conn(CONN_CLIENT, CONN_OPEN);
 		cl->joined = 1, fuzz_route.clients = cl, fuzz_route.nclients = 1;
+		/* Bits of the first byte: a deflate client, a deflate upstream. */
+		cl->deflate = size > 0 && data[0] >> 7;
+		fuzz_route.nz = cl->deflate;
 		nclients_open++;
 		c = fuzz_conn(CONN_UPSTREAM, WSFWD_FUZZ == FUZZ_RESPONSE ?
 		    CONN_HANDSHAKE : CONN_OPEN);
+		if (size > 0 && data[0] & 0x40 &&
+		    (c->zi = calloc(1, sizeof *c->zi)) != NULL) {
+			c->deflate = 1;
+			inflate_init(c->zi, 15, 1);
+		}
 		fuzz_chunks(c, data, size);
 		batch_flush(&fuzz_route);
 		fuzz_free(c);
@@ -5989,6 +7351,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		ca_parse(data, size);
 		while (nanchors > 0)
 			free(anchors[--nanchors].dn.data);
+		break;
+	case FUZZ_INFLATE:
+		fuzz_inflate(data, size);
 		break;
 	}
 	dirty = NULL;
@@ -6247,6 +7612,181 @@ test_routing(void)
 	now -= HOST_INTERVAL_MS;
 }
 
+/* Inflate p with z: 1 if that gives want, or with want NULL fails with r. */
+static int
+test_inflate_is(struct inflate *z, const char *p, size_t n, const char *want,
+    size_t max, int r)
+{
+	unsigned char *out;
+	size_t len;
+	int got, ok;
+
+	got = inflate_msg(z, (const unsigned char *)p, n, &out, &len, max);
+	if (want == NULL)
+		return got == r && out == NULL;
+	ok = got == INFL_OK && len == strlen(want) &&
+	    memcmp(out, want, len) == 0;
+	free(out);
+	return ok;
+}
+
+/* Code lengths for freq[0..n): the longest, and whether they are complete. */
+static unsigned
+test_lengths(const unsigned *freq, unsigned n, unsigned limit, int *complete)
+{
+	unsigned char lens[30];
+	unsigned i, max = 0;
+	uint32_t kraft = 0;
+
+	huff_lengths(freq, n, limit, lens);
+	for (i = 0; i < n; i++)
+		if (lens[i] != 0)
+			kraft += 32768u >> lens[i], max = MAX(max, lens[i]);
+	*complete = kraft == 32768;
+	return max;
+}
+
+static void
+test_deflate(void)
+{
+	/* RFC 7692 7.2.3: "Hello" in each way a sender may send it. */
+	static const struct {
+		const char	*what, *p;
+		size_t		 n;
+	} hello[] = {
+		{ "7.2.3.1 fixed", "\xf2\x48\xcd\xc9\xc9\x07\x00", 7 },
+		{ "7.2.3.3 stored",
+		    "\x00\x05\x00\xfa\xff\x48\x65\x6c\x6c\x6f\x00", 11 },
+		{ "7.2.3.4 BFINAL", "\xf3\x48\xcd\xc9\xc9\x07\x00\x00", 8 },
+		{ "7.2.3.4 BFINAL, no trailer", "\xf3\x48\xcd\xc9\xc9\x07\x00",
+		    7 },
+		{ "7.2.3.5 two blocks", "\xf2\x48\x05\x00\x00\x00\xff\xff"
+		    "\xca\xc9\xc9\x07\x00", 13 },
+	}, bad[] = {
+		{ "BTYPE 11", "\x07", 1 },
+		{ "stored NLEN",
+		    "\x00\x05\x00\xfb\xff\x48\x65\x6c\x6c\x6f\x00", 11 },
+		{ "stored, short", "\x00\x10\x00\xef\xff\x48\x65", 7 },
+		{ "fixed, cut", "\xf2\x48\xcd", 3 },
+		{ "distance 1 at 0", "\x02\x02\x00", 3 },
+		{ "fixed symbol 286", "\x1b\x03", 2 },
+		{ "fixed distance 30", "\x4b\x04\x3e", 3 },
+		{ "HLIT 287", "\xf4\x00\x00", 3 },
+		{ "HDIST 31", "\x04\x1e\x00", 3 },
+		{ "code lengths over-subscribed",
+		    "\x04\xe0\x93\x24\x49\x92\x24\x49\x92\x00", 10 },
+	};
+	static const char skewed[] = "abbcccddddeeeeeffffffggggggg";
+	struct inflate z;
+	struct deflate c;
+	unsigned freq[30], k;
+	unsigned char out[64], *big, *p, *back;
+	uint32_t seed = 1;
+	size_t i, n = 100000, len;
+	int complete;
+
+	inflate_init(&z, 15, 0);
+	for (i = 0; i < LEN(hello); i++)
+		check(test_inflate_is(&z, hello[i].p, hello[i].n, "Hello", 64,
+		    0), hello[i].what);
+	check(test_inflate_is(&z, "\x00", 1, "", 64, 0), "7.2.3.6 empty");
+	check(test_inflate_is(&z, "", 0, "", 64, 0), "empty payload");
+	for (i = 0; i < LEN(bad); i++)
+		check(test_inflate_is(&z, bad[i].p, bad[i].n, NULL, 64,
+		    INFL_BAD), bad[i].what);
+	check(test_inflate_is(&z, hello[0].p, 7, NULL, 4, INFL_TOO_BIG),
+	    "inflate: max");
+	check(test_inflate_is(&z, hello[0].p, 7, "Hello", 5, 0),
+	    "inflate: max, exactly");
+	/* 7.2.3.2: the second "Hello" is a match into the first. */
+	check(test_inflate_is(&z, "\xf2\x00\x11\x00\x00", 5, NULL, 64,
+	    INFL_BAD), "7.2.3.2 without the window");
+	inflate_free(&z);
+	inflate_init(&z, 15, 1);
+	check(test_inflate_is(&z, hello[0].p, 7, "Hello", 64, 0) &&
+	    test_inflate_is(&z, "\xf2\x00\x11\x00\x00", 5, "Hello", 64, 0),
+	    "7.2.3.2 sharing the window");
+	inflate_free(&z);
+
+	if (deflate_init(&c) != 0) {
+		check(0, "deflate_init");
+		return;
+	}
+	len = deflate_msg(&c, (const unsigned char *)"Hello", 5, 15, out,
+	    sizeof out);
+	check(len == 7 && memcmp(out, hello[0].p, 7) == 0, "deflate 7.2.3.1");
+	len = deflate_msg(&c, (const unsigned char *)"", 0, 15, out, sizeof out);
+	check(len == 1 && out[0] == 0, "deflate 7.2.3.6 empty");
+	check(deflate_msg(&c, (const unsigned char *)"Hello", 5, 15, out, 6) ==
+	    0, "deflate: no room");
+	/* 100 KB of a random 3000-byte pattern: no match within 2^9. */
+	if ((big = malloc(n)) == NULL || (p = malloc(DEFL_BOUND(n))) == NULL)
+		abort();
+	for (i = 0; i < n; i++) {
+		seed = seed * 1103515245u + 12345;
+		big[i] = i < 3000 ? (unsigned char)(seed >> 16) : big[i - 3000];
+	}
+	inflate_init(&z, 15, 0);
+	for (k = 9; k <= 15; k += 6) {
+		back = NULL;
+		len = deflate_msg(&c, big, n, (int)k, p, DEFL_BOUND(n));
+		check(len > 0 && (k == 9 ? len > n / 10 * 9 : len < n / 20),
+		    "deflate: window bits");
+		check(len > 0 && inflate_msg(&z, p, len, &back, &len, n) == 0 &&
+		    len == n && memcmp(back, big, n) == 0,
+		    "deflate: round trip");
+		free(back);
+	}
+	inflate_free(&z);
+	free(big), free(p);
+	deflate_free(&c);
+
+	/* Fibonacci weights want 29-bit codes: limited, still complete. */
+	for (i = 0; i < 30; i++)
+		freq[i] = i < 2 ? 1 : freq[i - 1] + freq[i - 2];
+	check(test_lengths(freq, 30, 15, &complete) == 15 && complete,
+	    "huff_lengths: 15-bit limit");
+	check(test_lengths(freq, 19, 7, &complete) == 7 && complete,
+	    "huff_lengths: 7-bit limit");
+	memset(freq, 0, sizeof freq);
+	for (i = 0; skewed[i] != '\0'; i++)
+		freq[skewed[i] - 'a']++;
+	huff_lengths(freq, 30, 15, out);
+	/* Optimal for weights 1..7 is 4 4 3 3 3 2 2: 74 bits. */
+	for (i = 0, k = 0; i < 7; i++)
+		k += freq[i] * out[i];
+	check(k == 74, "huff_lengths: optimal");
+}
+
+/* utc_fields() against libc's gmtime_r(), across eras and leap days. */
+static void
+test_utc(void)
+{
+	static const int64_t t[] = { 0, 59, 86399, 86400, 951782400,
+	    951868800, 1700000000, 4107542399, 253402300799, -1, -86401,
+	    -2208988800 };
+	struct tm tm;
+	time_t tt;
+	size_t i;
+	int f[6], bad = 0;
+
+	for (i = 0; i < LEN(t); i++) {
+		tt = (time_t)t[i];
+		gmtime_r(&tt, &tm);
+		utc_fields(t[i], f);
+		bad += f[0] != tm.tm_year + 1900 || f[1] != tm.tm_mon + 1 ||
+		    f[2] != tm.tm_mday || f[3] != tm.tm_hour ||
+		    f[4] != tm.tm_min || f[5] != tm.tm_sec;
+	}
+	for (tt = 0; tt < (time_t)400 * 366 * 86400; tt += 86400 * 7 + 3601) {
+		gmtime_r(&tt, &tm);
+		utc_fields(tt, f);
+		bad += f[0] != tm.tm_year + 1900 || f[1] != tm.tm_mon + 1 ||
+		    f[2] != tm.tm_mday || f[3] != tm.tm_hour;
+	}
+	check(bad == 0, "utc_fields matches gmtime_r");
+}
+
 /* permessage-deflate offers (RFC 7692 7.1): accepted or declined. */
 static void
 test_pmd(void)
@@ -6297,6 +7837,16 @@ test_pmd(void)
 	m.h[2].name = "Sec-WebSocket-Extensions";
 	m.h[2].value = "permessage-deflate";
 	check(pmd_offered(&m) == 1, "an offer in a second header");
+	check(pmd_accepted("permessage-deflate") == 1, "answer: takeover");
+	check(pmd_accepted("permessage-deflate;server_no_context_takeover") ==
+	    0, "answer: no takeover");
+	check(pmd_accepted("permessage-deflate; client_max_window_bits=10; "
+	    "server_max_window_bits=12") == 1, "answer: window bits");
+	check(pmd_accepted("permessage-deflate; client_max_window_bits") < 0,
+	    "answer: client_max_window_bits without a value");
+	check(pmd_accepted("permessage-deflate, permessage-deflate") < 0 &&
+	    pmd_accepted("x-foo") < 0 && pmd_accepted("") < 0 &&
+	    pmd_accepted("permessage-deflate; x") < 0, "bad answers");
 }
 
 /* Append one frame to buf; mask it when key is not NULL. */
@@ -6534,7 +8084,9 @@ test_main(void)
 	test_http();
 	test_args();
 	test_routing();
+	test_utc();
 	test_pmd();
+	test_deflate();
 	test_queue();
 	test_decoder_upstream();
 	test_decoder_client();

@@ -146,10 +146,10 @@ check "every option in $(basename "$man") is listed by --help" \
 # ---- the binary accepts every option the man page names ----------------
 
 # Options are parsed before routes are checked, so "OPT ftp://x" ends in the
-# route error if OPT was taken and needs no value; "OPT 1 ftp://x" or
-# "OPT /1 ftp://x" does if OPT needs one (or "--cat takes no routes" for
-# --cat).  -h and --version
-# exit 0 before that.  Anything else, "unknown option" in particular, fails.
+# route error if OPT was taken and needs no value; "OPT V ftp://x" does, for
+# V one of 1, /1 and on, if OPT needs one (or "--cat takes no routes" for
+# --cat).  -h and --version exit 0 before that.  Anything else, "unknown
+# option" in particular, fails.
 accepted() {	# accepted OPT: sets $reason when not
 	local rc
 	reason=
@@ -165,7 +165,7 @@ accepted() {	# accepted OPT: sets $reason when not
 	if [ "$rc" -eq 2 ] && grep -q '^wsfwd: route ftp://x:' "$tmp/err"; then
 		return 0
 	fi
-	for v in 1 /1; do	# a number, or a path (--stats)
+	for v in 1 /1 on; do	# a number, a path (--stats), a switch
 		run "$1" "$v" ftp://x >"$tmp/out" 2>"$tmp/err" </dev/null
 		rc=$?
 		if [ "$rc" -eq 2 ] && grep -qE \

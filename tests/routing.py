@@ -24,7 +24,7 @@ import wslib  # noqa: E402
 from wslib import (  # noqa: E402
     HOST, TIMEOUT, OP_TEXT, OP_BIN, OP_CLOSE, OP_PING, OP_PONG,
     TestFail, Timeout, fail, check, eq, close_payload, build_request,
-    check_101, WS, Wsfwd, test, FakeUpstream, start_server, client)
+    check_101, WS, Wsfwd, test, FakeUpstream, EchoOrigin, start_server, client)
 
 
 def no_connection(up, within):
@@ -382,92 +382,6 @@ def t_rotate_without_gap():
 
 
 # ---------------------------------------------------------------- --tunnel
-
-class EchoOrigin:
-    """An origin that echoes every data frame back with its opcode, answers
-    pings, records what it got (per connection: (opcode, payload, time)) and
-    answers closes.  One thread per connection, each bounded in time."""
-
-    def __init__(self, pick_protocol=None, first=None):
-        self.up = FakeUpstream()
-        self.pick = pick_protocol
-        self.first = first          # sent to each connection after the 101
-        self.conns = []             # [(UpConn, head, [records])]
-        self.stop = False
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self.accept_loop, daemon=True)
-        self.thread.start()
-        wslib.CLEANUP.append(self.halt)
-
-    def halt(self):
-        self.stop = True
-        self.thread.join(TIMEOUT)
-
-    def accept_loop(self):
-        self.up.lsock.settimeout(0.1)
-        deadline = time.monotonic() + 30
-        while not self.stop and time.monotonic() < deadline:
-            try:
-                s, _ = self.up.lsock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return              # closed as the test ended
-            s.settimeout(None)
-            threading.Thread(target=self.serve, args=(s,), daemon=True).start()
-
-    def serve(self, s):
-        c = wslib.UpConn(s, self.up.port)
-        got = []
-        try:
-            head = c.read_head()
-            extra = ""
-            if self.pick and head.get("sec-websocket-protocol"):
-                extra = "Sec-WebSocket-Protocol: %s\r\n" % self.pick
-            c.send_raw(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                        "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n"
-                        % (wslib.accept_key(head.get("sec-websocket-key")), extra)).encode())
-            with self.lock:
-                self.conns.append((c, head, got))
-            if self.first:
-                c.send_frame(OP_TEXT, self.first, mask=False)
-            deadline = time.monotonic() + 20
-            while not self.stop and time.monotonic() < deadline:
-                try:
-                    f = c.recv_frame(0.2)
-                except Timeout:
-                    continue
-                got.append((f.opcode, f.payload, time.monotonic()))
-                if f.opcode == OP_PING:
-                    c.send_frame(OP_PONG, f.payload, mask=False)
-                elif f.opcode == OP_CLOSE:
-                    c.send_frame(OP_CLOSE, f.payload, mask=False)
-                    return
-                elif f.opcode in (OP_TEXT, OP_BIN):
-                    c.send_frame(f.opcode, f.payload, mask=False)
-        except (TestFail, OSError):
-            return
-
-    def wait_conns(self, n, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.conns) >= n:
-                    return list(self.conns)
-            time.sleep(0.01)
-        fail("the origin has %d connections, want %d" % (len(self.conns), n))
-
-    def wait_record(self, i, pred, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            recs = self.conns[i][2]
-            for r in recs:
-                if pred(r):
-                    return r
-            time.sleep(0.01)
-        fail("the origin's connection %d never got the frame (has %r)"
-             % (i, [(op, p[:20]) for op, p, _ in self.conns[i][2]]))
-
 
 def tunnel_client(w, path="/t", headers=None):
     ws = WS(w.port)

@@ -205,6 +205,7 @@ class Peer:
     who = "wsfwd"               # the other end, for messages
     send_timeout = None         # if set, the socket timeout for each send
     broken_errors = ()          # errors of recv() that mean closed, besides a reset
+    deflate = False             # permessage-deflate agreed: RSV1 allowed on data
 
     def __init__(self, sock, buf=b""):
         self.sock = sock
@@ -289,7 +290,8 @@ class Peer:
     def check_frame(self, f):
         if self.expect_masked is not None and f.masked != self.expect_masked:
             fail("frame %r from %s is %s" % (f, self.who, "masked" if f.masked else "not masked"))
-        check(f.rsv == 0, "frame %r from %s has RSV bits %d" % (f, self.who, f.rsv))
+        check(f.rsv == 0 or (f.rsv == 4 and self.deflate and f.opcode in (OP_TEXT, OP_BIN)),
+              "frame %r from %s has RSV bits %d" % (f, self.who, f.rsv))
         if f.opcode >= 8:
             check(f.fin and len(f.payload) <= 125, "bad control frame %r from %s" % (f, self.who))
 
@@ -641,6 +643,93 @@ def client(w, path="/a", **kw):
     ws = WS.open(w.port, path, **kw)
     w.wait_client(ws, path)
     return ws
+
+
+
+class EchoOrigin:
+    """An origin that echoes every data frame back with its opcode, answers
+    pings, records what it got (per connection: (opcode, payload, time)) and
+    answers closes.  One thread per connection, each bounded in time."""
+
+    def __init__(self, pick_protocol=None, first=None):
+        self.up = FakeUpstream()
+        self.pick = pick_protocol
+        self.first = first          # sent to each connection after the 101
+        self.conns = []             # [(UpConn, head, [records])]
+        self.stop = False
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.accept_loop, daemon=True)
+        self.thread.start()
+        CLEANUP.append(self.halt)
+
+    def halt(self):
+        self.stop = True
+        self.thread.join(TIMEOUT)
+
+    def accept_loop(self):
+        self.up.lsock.settimeout(0.1)
+        deadline = time.monotonic() + 30
+        while not self.stop and time.monotonic() < deadline:
+            try:
+                s, _ = self.up.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return              # closed as the test ended
+            s.settimeout(None)
+            threading.Thread(target=self.serve, args=(s,), daemon=True).start()
+
+    def serve(self, s):
+        c = UpConn(s, self.up.port)
+        got = []
+        try:
+            head = c.read_head()
+            extra = ""
+            if self.pick and head.get("sec-websocket-protocol"):
+                extra = "Sec-WebSocket-Protocol: %s\r\n" % self.pick
+            c.send_raw(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n"
+                        % (accept_key(head.get("sec-websocket-key")), extra)).encode())
+            with self.lock:
+                self.conns.append((c, head, got))
+            if self.first:
+                c.send_frame(OP_TEXT, self.first, mask=False)
+            deadline = time.monotonic() + 20
+            while not self.stop and time.monotonic() < deadline:
+                try:
+                    f = c.recv_frame(0.2)
+                except Timeout:
+                    continue
+                got.append((f.opcode, f.payload, time.monotonic()))
+                if f.opcode == OP_PING:
+                    c.send_frame(OP_PONG, f.payload, mask=False)
+                elif f.opcode == OP_CLOSE:
+                    c.send_frame(OP_CLOSE, f.payload, mask=False)
+                    return
+                elif f.opcode in (OP_TEXT, OP_BIN):
+                    c.send_frame(f.opcode, f.payload, mask=False)
+        except (TestFail, OSError):
+            return
+
+    def wait_conns(self, n, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.conns) >= n:
+                    return list(self.conns)
+            time.sleep(0.01)
+        fail("the origin has %d connections, want %d" % (len(self.conns), n))
+
+    def wait_record(self, i, pred, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            recs = self.conns[i][2]
+            for r in recs:
+                if pred(r):
+                    return r
+            time.sleep(0.01)
+        fail("the origin's connection %d never got the frame (has %r)"
+             % (i, [(op, p[:20]) for op, p, _ in self.conns[i][2]]))
 
 
 

@@ -6,7 +6,9 @@ import base64
 import glob
 import os
 import shutil
+import struct
 import sys
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,6 +34,26 @@ REQ = (b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 RESP = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+
+
+def inflate_seeds():
+    """Messages zlib compressed (raw, the RFC 7692 tail cut), each behind a
+    2-byte length, after a mode byte (see fuzz_inflate in wsfwd.c)."""
+    text = b'[{"e":"24hrMiniTicker","s":"BTCUSDT","c":"37123.45"}]' * 20
+    out = {}
+    for level, strat, name in ((0, zlib.Z_DEFAULT_STRATEGY, "stored"),
+                               (6, zlib.Z_FIXED, "fixed"),
+                               (6, zlib.Z_DEFAULT_STRATEGY, "dynamic"),
+                               (9, zlib.Z_HUFFMAN_ONLY, "huffman")):
+        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strat)
+        msgs = b""
+        for part in (text[:300], text[300:]):
+            z = c.compress(part) + c.flush(zlib.Z_SYNC_FLUSH)
+            z = z[:-4]
+            msgs += struct.pack("<H", len(z)) + z
+        out[name] = bytes([0x08 | 0x30 | 7]) + msgs     # window kept, 1 MiB
+    out["round-trip"] = b"\x87" + text
+    return out
 
 
 def seeds():
@@ -69,6 +91,7 @@ def seeds():
             "v6-query": b"ws://[::1]:80?b=c",
         },
         "pem": {},
+        "inflate": inflate_seeds(),
     }
     for f in ("/etc/ssl/certs/ca-certificates.crt",):
         if os.path.exists(f):
