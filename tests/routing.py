@@ -412,7 +412,7 @@ def t_tunnel_both_ways():
     a.send_frame(OP_PING, b"p1")
     f = a.recv_frame()
     eq((f.opcode, f.payload), (OP_PONG, b"p1"), "the pong to a relayed ping")
-    o.wait_record(0, lambda r: r[0] == OP_PING and r[1] == b"p1")
+    o.wait_record(None, lambda r: r[0] == OP_PING and r[1] == b"p1")
     # The origin pings the client: relayed, and the client's pong goes back.
     c0 = [c for c in o.conns]
     for conn, head, recs in c0:
@@ -742,7 +742,10 @@ def t_stats_json_prometheus_and_sigusr1():
     st, hdrs, text2 = http_get(w.port, "/stats", [("Accept", "text/plain")])
     check(b"wsfwd_feed_up{" in text2, "Accept: text/plain gave %r" % text2[:80])
     w.proc.send_signal(10)      # SIGUSR1
-    w.wait_log("stats /b: open, 1 reconnects, in 3 msgs")
+    w.wait_log('stats /b: {"path":"/b","state":"open",')
+    line = [ln for ln in w.log().splitlines() if 'stats /b: {' in ln][-1]
+    f = json.loads(line.split("stats /b: ", 1)[1])
+    eq((f["reconnects"], f["messages_in"], f["clients"]), (1, 3, 2), "SIGUSR1 figures")
     p.close()
 
 

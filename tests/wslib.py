@@ -721,15 +721,18 @@ class EchoOrigin:
         fail("the origin has %d connections, want %d" % (len(self.conns), n))
 
     def wait_record(self, i, pred, timeout=TIMEOUT):
+        """The first frame connection i (None: any) got that pred likes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            recs = self.conns[i][2]
-            for r in recs:
-                if pred(r):
-                    return r
+            with self.lock:
+                conns = list(self.conns) if i is None else [self.conns[i]]
+            for c in conns:
+                for r in list(c[2]):
+                    if pred(r):
+                        return r
             time.sleep(0.01)
-        fail("the origin's connection %d never got the frame (has %r)"
-             % (i, [(op, p[:20]) for op, p, _ in self.conns[i][2]]))
+        fail("the origin's connection %s never got the frame (has %r)"
+             % (i, [[(op, p[:20]) for op, p, _ in c[2]] for c in conns]))
 
 
 
