@@ -118,14 +118,22 @@ def t_prefix_linger_keeps_upstream_for_returning_client():
     no_connection(up, 0.3)
 
 
-@test
-def t_prefix_4xx_closes_clients_1014():
+def prefix_refused(rest, status, extra=b""):
+    """A prefix route whose origin answers the first upgrade of /up/REST
+    with STATUS ("404 Not Found"): (origin, wsfwd, its client)."""
     up = FakeUpstream()
     w = prefix_server(up)
-    c = client(w, "/ws/nope")
+    c = client(w, "/ws/" + rest)
     u = up.accept()
-    u.read_request("/up/nope")
-    u.send_raw(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    u.read_request("/up/" + rest)
+    u.send_raw(b"HTTP/1.1 " + status.encode() + b"\r\n" + extra +
+               b"Content-Length: 0\r\n\r\n")
+    return up, w, c
+
+
+@test
+def t_prefix_4xx_closes_clients_1014():
+    up, w, c = prefix_refused("nope", "404 Not Found")
     c.expect_close(1014)
     w.wait_log("handshake refused: HTTP 404")
     no_connection(up, 1.5)      # no retry
@@ -138,12 +146,7 @@ def t_prefix_4xx_closes_clients_1014():
 
 @test
 def t_prefix_5xx_retried_clients_wait():
-    up = FakeUpstream()
-    w = prefix_server(up)
-    c = client(w, "/ws/busy")
-    u = up.accept()
-    u.read_request("/up/busy")
-    u.send_raw(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+    up, w, c = prefix_refused("busy", "503 Service Unavailable")
     w.wait_log("upstream /ws/busy: lost: handshake refused: HTTP 503")
     u2 = up.accept(timeout=4)
     u2.handshake("/up/busy")
@@ -577,13 +580,7 @@ def t_rotate_successor_does_not_rotate_itself():
 
 @test
 def t_prefix_429_retried_after_retry_after():
-    up = FakeUpstream()
-    w = prefix_server(up)
-    c = client(w, "/ws/busy")
-    u = up.accept()
-    u.read_request("/up/busy")
-    u.send_raw(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\n"
-               b"Content-Length: 0\r\n\r\n")
+    up, w, c = prefix_refused("busy", "429 Too Many Requests", b"Retry-After: 2\r\n")
     t0 = time.monotonic()
     u2 = up.accept(timeout=4)
     check(time.monotonic() - t0 >= 1.8, "retried %.2f s after a 429 with "
