@@ -2920,36 +2920,32 @@ ws_frame_end(struct conn *c)
 		return 0;	/* clients' messages go nowhere */
 	m = d->msg;
 	plen = (size_t)d->msglen;
-	if (d->zmsg && (code = ws_inflate(c, op, c->kind == CONN_UPSTREAM ||
-	    opt.tunnel ? &z : NULL, &plen)) != 0)
-		return code;
-	if (c->kind == CONN_CLIENT || z != NULL) {
-		if (c->kind == CONN_CLIENT && opt.tunnel)
-			tunnel_send(c, op, (z ? z : m)->data + FRAME_HEAD, plen);
-		else if (z != NULL) {
-			msg_seal(z, op, plen);
-			upstream_deliver(c->up, z);
-		}
-		msg_unref(z);
-		/* A client's buffer goes: its messages are few and dropped. */
-		if ((d->msgcap > REUSE_MAX || (c->kind == CONN_CLIENT &&
-		    !opt.tunnel)) && c->state != CONN_DEAD) {
-			msg_unref(m);
-			d->msg = NULL;
-			d->msgcap = 0;
-		}
-		return 0;
+	if (d->zmsg) {
+		if ((code = ws_inflate(c, op, c->kind == CONN_UPSTREAM ||
+		    opt.tunnel ? &z : NULL, &plen)) != 0)
+			return code;
+		if (z != NULL)
+			m = z;		/* the inflated message goes on */
 	}
-	msg_seal(m, op, plen);
-	upstream_deliver(c->up, m);
+	if (c->kind == CONN_UPSTREAM) {
+		msg_seal(m, op, plen);
+		upstream_deliver(c->up, m);
+	} else if (opt.tunnel)
+		tunnel_send(c, op, m->data + FRAME_HEAD, plen);
+	msg_unref(z);
 	if (c->state == CONN_DEAD)
-		return 0;	/* conn_kill() has let go of m */
-	/* Copied into a batch, or nobody listening: keep the buffer. */
-	if (m->refs == 1 && d->msgcap <= REUSE_MAX)
+		return 0;	/* conn_kill() has let go of d->msg */
+	/*
+	 * Keep a small buffer nobody else holds (its message was copied into
+	 * a batch, or nobody listens) for the next message; a plain client's
+	 * goes, as what it sends is rare and dropped.
+	 */
+	if (d->msg->refs == 1 && d->msgcap <= REUSE_MAX &&
+	    (c->kind == CONN_UPSTREAM || opt.tunnel))
 		return 0;
+	msg_unref(d->msg);
 	d->msg = NULL;
 	d->msgcap = 0;
-	msg_unref(m);
 	return 0;
 }
 
