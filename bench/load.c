@@ -8,20 +8,29 @@
  *           same stream of unmasked binary messages of SIZE bytes at RATE
  *           messages/s (0: as fast as the socket takes them).  Each payload
  *           starts with a u64 sequence number and a u64 CLOCK_MONOTONIC
- *           timestamp in ns (little-endian), then filler.  Pings get pongs,
- *           other client frames are ignored.
+ *           timestamp in ns (little-endian), then filler.  With --json the
+ *           messages are text instead: a Binance !miniTicker@arr-style JSON
+ *           array of random tickers (16 variants, each padded to SIZE),
+ *           wrapped as {"seq":"<20 digits>","ts":"<20 digits>",...,"data":
+ *           [...]}, which compresses like a real market-data feed.  Pings
+ *           get pongs, other client frames are ignored.
  *   sink    N clients of ws://IP:PORT/PATH (the relay) that check sequence
  *           continuity per connection, histogram the latency (now - stamp),
  *           count messages and bytes; optionally K "stalled" clients that
  *           never read (drained at the end to see whether the relay dropped
- *           them).
+ *           them).  With --deflate they offer permessage-deflate (RFC 7692)
+ *           and accept compressed (RSV1) frames: each inflates only the
+ *           first 64 bytes of a compressed message (for the sequence number
+ *           and timestamp), except client 0, which inflates every message
+ *           whole and checks its length (needs zlib: -DWITH_ZLIB -lz).
  *   both    the two in one process; without -u the sink connects straight to
  *           the source (the self-ceiling test).
  *
  * Progress goes to stderr as "load: phase=..." lines, the result to stdout as
  * one line of key=value pairs.  C99 plus Linux (epoll, getrandom).
  *
- *   cc -O2 -o bench/load bench/load.c
+ *   cc -O2 -o bench/load bench/load.c                        (no --deflate)
+ *   cc -O2 -DWITH_ZLIB -o bench/load bench/load.c -lz         (with it)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -43,6 +52,9 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef WITH_ZLIB
+#include <zlib.h>
+#endif
 
 #define RBUF_SIZE	(256 * 1024)	/* one shared read buffer */
 #define BATCH_BYTES	(64 * 1024)	/* source: frames built per batch */
@@ -50,6 +62,8 @@
 					   backlog is below this */
 #define HS_MAX		8192		/* largest handshake head */
 #define MAX_EVENTS	4096
+#define PFX		64		/* message bytes kept for seq/stamp */
+#define JSON_VARIANTS	16		/* --json: distinct payloads */
 
 /* ------------------------------------------------------------ utilities */
 
@@ -293,6 +307,8 @@ static int	 after_upstream;
 static int	 src_hold = -1;	/* both: no data until the sink is in */
 static double	 src_time;
 static int	 rcvbuf;		/* sink: SO_RCVBUF, 0: kernel autotuning */
+static int	 json;		/* source: ticker-JSON text messages */
+static int	 deflate_offer;	/* sink: offer permessage-deflate */
 
 /* ---------------------------------------------------------- connections */
 
@@ -308,7 +324,11 @@ struct fparse {
 	uint64_t	 left, pos;	/* payload bytes left, offset in frame */
 	unsigned char	 msgop;		/* data message in progress (opcode) */
 	unsigned char	 pfxlen;
-	unsigned char	 pfx[16];	/* first 16 bytes of the message */
+	unsigned char	 pfx[PFX];	/* first PFX bytes of the message */
+	unsigned char	 comp;		/* message compressed (RSV1) */
+	unsigned char	 zstop;		/* inflated as much as it needs */
+	unsigned char	 zbad;		/* inflate failed */
+	uint64_t	 zout;		/* bytes inflated */
 	uint64_t	 msglen;
 	unsigned char	 ctllen;
 	unsigned char	 ctl[125];
@@ -327,6 +347,9 @@ struct conn {
 	size_t		 ooff, olen, ocap;
 	uint64_t	 expect;	/* sink: next sequence number */
 	char		 accept[29];	/* sink: expected Sec-WebSocket-Accept */
+	unsigned char	 deflate;	/* sink: permessage-deflate agreed */
+	unsigned char	 full;		/* sink: inflate whole messages */
+	void		*z;		/* sink: z_stream, made when needed */
 	struct fparse	 fp;
 };
 
@@ -341,6 +364,7 @@ static long		 n_src, src_cap;
 static uint64_t		 src_seq, src_t0, src_msgs, src_bytes;
 static uint64_t		 src_lag_max;
 static unsigned char	*batch, *frame_tpl;
+static unsigned char	*json_var[JSON_VARIANTS];	/* --json payloads */
 static size_t		 frame_len, frame_hl, batch_msgs;
 static long		 src_accepted, src_bad;
 
@@ -353,6 +377,9 @@ static int		 first_err;
 static long		 hs_eof, hs_reset, hs_bad;	/* handshake failures */
 static uint64_t		 msgs, bytes, gaps, gaps_win, dups, nostamp;
 static uint64_t		 ctl_pings;
+static long		 deflate_clients;	/* sink: agreed */
+static uint64_t		 zmsgs, zerr, rsv_bad;	/* compressed msgs (window) */
+static uint64_t		 zfull_msgs, zfull_bad, zfull_out;
 static int		 measuring, draining;
 
 static void	conn_close(struct conn *);
@@ -546,6 +573,13 @@ conn_close(struct conn *c)
 	free(c->out);
 	c->out = NULL;
 	c->olen = c->ooff = c->ocap = 0;
+#ifdef WITH_ZLIB
+	if (c->z != NULL) {
+		inflateEnd(c->z);
+		free(c->z);
+		c->z = NULL;
+	}
+#endif
 	/* the struct stays: a sink's is in sinks[], a source's is leaked
 	   (there are few) so that pointers in this turn's events stay valid */
 }
@@ -589,6 +623,114 @@ run_flush(void)
 	run_n = 0;
 }
 
+static uint64_t
+dec20(const unsigned char *p)
+{
+	uint64_t v = 0;
+	int i;
+
+	for (i = 0; i < 20; i++)
+		v = v * 10 + (uint64_t)(p[i] - '0');
+	return v;
+}
+
+static void
+put_dec20(unsigned char *p, uint64_t v)
+{
+	int i;
+
+	for (i = 19; i >= 0; i--, v /= 10)
+		p[i] = (unsigned char)('0' + v % 10);
+}
+
+#ifdef WITH_ZLIB
+static unsigned char zscratch[64 * 1024];
+
+/* A compressed message starts: a fresh raw inflater (no context takeover). */
+static void
+zbegin(struct conn *c)
+{
+	struct fparse *f = &c->fp;
+	z_stream *z = c->z;
+
+	f->comp = 1;
+	f->zstop = f->zbad = 0;
+	f->zout = 0;
+	f->pfxlen = 0;
+	if (z == NULL) {
+		if ((z = calloc(1, sizeof *z)) == NULL ||
+		    inflateInit2(z, -15) != Z_OK)
+			die("out of memory (inflateInit2)");
+		c->z = z;
+	} else
+		inflateReset(z);
+}
+
+/*
+ * Compressed payload bytes: inflated into f->pfx until it holds PFX bytes;
+ * then, for the client that checks whole messages, on into scratch space,
+ * for the others not at all (the rest of the message is only counted).
+ */
+static void
+zfeed(struct conn *c, const unsigned char *in, size_t n)
+{
+	struct fparse *f = &c->fp;
+	z_stream *z = c->z;
+	uInt before_out, before_in;
+	int r, rounds;
+
+	if (f->zstop || n == 0)
+		return;
+	z->next_in = (Bytef *)(uintptr_t)in;
+	z->avail_in = (uInt)n;
+	for (rounds = 0; rounds < 1 << 20 && z->avail_in > 0; rounds++) {
+		if (f->pfxlen < PFX) {
+			z->next_out = f->pfx + f->pfxlen;
+			z->avail_out = PFX - f->pfxlen;
+		} else if (c->full) {
+			z->next_out = zscratch;
+			z->avail_out = sizeof zscratch;
+		} else {
+			f->zstop = 1;
+			break;
+		}
+		before_out = z->avail_out;
+		before_in = z->avail_in;
+		r = inflate(z, Z_SYNC_FLUSH);
+		if (f->pfxlen < PFX)
+			f->pfxlen += (unsigned char)(before_out - z->avail_out);
+		f->zout += before_out - z->avail_out;
+		if (r == Z_STREAM_END) {
+			f->zstop = 1;
+			break;
+		}
+		if (r != Z_OK && r != Z_BUF_ERROR) {
+			zerr++;
+			f->zbad = f->zstop = 1;
+			break;
+		}
+		if (z->avail_out == before_out && z->avail_in == before_in)
+			break;		/* no progress: wants more input */
+	}
+}
+
+/* The end of a compressed message (the client that checks it whole). */
+static void
+zend(struct conn *c)
+{
+	static const unsigned char tail[4] = { 0, 0, 0xff, 0xff };
+	struct fparse *f = &c->fp;
+
+	if (!c->full)
+		return;
+	zfeed(c, tail, sizeof tail);
+	zfull_msgs++;
+	zfull_out += f->zout;
+	if (f->zbad || (mode == 3 && f->zout != (uint64_t)msg_size))
+		zfull_bad++;
+}
+#endif
+
 /* A whole data message arrived (sink side: check and measure it). */
 static inline void
 message_done(struct conn *c, uint64_t len, const unsigned char *pfx,
@@ -598,14 +740,21 @@ message_done(struct conn *c, uint64_t len, const unsigned char *pfx,
 
 	if (c->role != R_SINK)
 		return;		/* the source ignores what clients send */
-	if (pfxlen < 16) {
+	if (c->fp.comp && measuring)
+		zmsgs++;
+	if (pfxlen >= 56 && memcmp(pfx, "{\"seq\":\"", 8) == 0) {
+		/* --json: {"seq":"<20 digits>","ts":"<20 digits>",... */
+		seq = dec20(pfx + 8);
+		ts = dec20(pfx + 36);
+	} else if (pfxlen < 16 || c->fp.zbad) {
 		nostamp++;
 		if (measuring)
 			msgs++, bytes += len;
 		return;
+	} else {
+		seq = get64le(pfx);
+		ts = get64le(pfx + 8);
 	}
-	seq = get64le(pfx);
-	ts = get64le(pfx + 8);
 	if (seq != c->expect && c->seen) {
 		if (seq > c->expect) {
 			gaps += seq - c->expect;
@@ -648,8 +797,13 @@ frame_end(struct conn *c)
 		return;
 	}
 	if (f->fin && f->msgop) {
+#ifdef WITH_ZLIB
+		if (f->comp)
+			zend(c);
+#endif
 		message_done(c, f->msglen, f->pfx, f->pfxlen);
 		f->msgop = 0;
+		f->comp = 0;
 	}
 }
 
@@ -684,6 +838,15 @@ frame_begin(struct conn *c)
 		f->msgop = f->op ? f->op : 2;
 		f->pfxlen = 0;
 		f->msglen = 0;
+		f->comp = 0;
+		if (h[0] & 0x40) {
+#ifdef WITH_ZLIB
+			if (c->deflate)
+				zbegin(c);
+			else
+#endif
+				rsv_bad++;
+		}
 	}
 }
 
@@ -699,9 +862,15 @@ frame_payload(struct conn *c, const unsigned char *p, size_t n)
 			    p[i] ^ f->mask[(f->pos + i) & 3] : p[i];
 	} else {
 		f->msglen += n;
-		if (f->pfxlen < 16) {
-			k = (size_t)(16 - f->pfxlen) < n ?
-			    (size_t)(16 - f->pfxlen) : n;
+#ifdef WITH_ZLIB
+		if (f->comp) {
+			/* server frames are unmasked: no copy to unmask */
+			zfeed(c, p, n);
+		} else
+#endif
+		if (f->pfxlen < PFX) {
+			k = (size_t)(PFX - f->pfxlen) < n ?
+			    (size_t)(PFX - f->pfxlen) : n;
 			for (i = 0; i < k; i++)
 				f->pfx[f->pfxlen++] = f->masked ?
 				    p[i] ^ f->mask[(f->pos + i) & 3] : p[i];
@@ -753,12 +922,25 @@ feed(struct conn *c, const unsigned char *p, size_t n)
 					for (i = 0; i < 8; i++)
 						plen = plen << 8 | p[2 + i];
 				}
-				if (n - hl >= plen) {
+				if (n - hl >= plen && !(p[0] & 0x40)) {
 					message_done(c, plen, p + hl,
-					    plen < 16 ? (size_t)plen : 16);
+					    plen < PFX ? (size_t)plen : PFX);
 					p += hl + plen, n -= hl + plen;
 					continue;
 				}
+#ifdef WITH_ZLIB
+				if (n - hl >= plen && c->deflate) {
+					/* a whole compressed message */
+					zbegin(c);
+					zfeed(c, p + hl, (size_t)plen);
+					zend(c);
+					message_done(c, plen, f->pfx,
+					    f->pfxlen);
+					f->comp = 0;
+					p += hl + plen, n -= hl + plen;
+					continue;
+				}
+#endif
 			}
 			memcpy(f->hdr, p, hl);
 			p += hl, n -= hl;
@@ -779,6 +961,52 @@ feed(struct conn *c, const unsigned char *p, size_t n)
 
 /* -------------------------------------------------------------- source */
 
+static double
+rnd01(void)
+{
+	return rng32() / 4294967296.0;
+}
+
+/*
+ * One --json payload of exactly size bytes: a Binance !miniTicker@arr-style
+ * array of random tickers (as tests/deflate.py makes), wrapped with the
+ * sequence number and timestamp first (filled in per message) and padded
+ * with spaces before the closing brace.
+ */
+static void
+json_build(unsigned char *dst, size_t size)
+{
+	static const char *const sym[] = { "BTC", "ETH", "BNB", "SOL", "XRP",
+	    "ADA", "DOGE", "TRX", "LINK", "DOT" };
+	static const char *const quote[] = { "USDT", "BTC", "FDUSD" };
+	char obj[512];
+	size_t len;
+	int k;
+
+	len = (size_t)snprintf((char *)dst, size, "{\"seq\":\"%020d\","
+	    "\"ts\":\"%020d\",\"stream\":\"!miniTicker@arr\",\"data\":[", 0,
+	    0);
+	for (;;) {
+		double p = 0.01 + rnd01() * 40000;
+
+		k = snprintf(obj, sizeof obj, "%s{\"e\":\"24hrMiniTicker\","
+		    "\"E\":%llu,\"s\":\"%s%s\",\"c\":\"%.8f\",\"o\":\"%.8f\","
+		    "\"h\":\"%.8f\",\"l\":\"%.8f\",\"v\":\"%.8f\",\"q\":\"%.8f\"}",
+		    dst[len - 1] == '[' ? "" : ",",
+		    1700000000000ull + rng32() % 1000, sym[rng32() % 10],
+		    quote[rng32() % 3], p, p * (0.9 + 0.2 * rnd01()),
+		    p * 1.1, p * 0.9, rnd01() * 1e6, rnd01() * 1e9);
+		if (len + (size_t)k + 2 > size)
+			break;
+		memcpy(dst + len, obj, (size_t)k);
+		len += (size_t)k;
+	}
+	dst[len++] = ']';
+	while (len < size - 1)
+		dst[len++] = ' ';
+	dst[len] = '}';
+}
+
 static void
 src_build_template(void)
 {
@@ -794,7 +1022,7 @@ src_build_template(void)
 	frame_len = hl + (size_t)msg_size;
 	if ((frame_tpl = malloc(frame_len)) == NULL)
 		die("out of memory");
-	frame_tpl[0] = 0x82;		/* FIN, binary */
+	frame_tpl[0] = json ? 0x81 : 0x82;	/* FIN, text or binary */
 	if (hl == 2)
 		frame_tpl[1] = (unsigned char)msg_size;
 	else if (hl == 4) {
@@ -809,6 +1037,18 @@ src_build_template(void)
 	}
 	for (i = hl; i < frame_len; i++)
 		frame_tpl[i] = (unsigned char)('a' + i % 26);
+	if (json) {
+		uint64_t saved = rng_s;
+
+		rng_s = 0x9e3779b97f4a7c15ull;	/* the same payloads every run */
+		for (i = 0; i < JSON_VARIANTS; i++) {
+			if ((json_var[i] = malloc((size_t)msg_size)) == NULL)
+				die("out of memory");
+			json_build(json_var[i], (size_t)msg_size);
+		}
+		rng_s = saved;
+		memcpy(frame_tpl + hl, json_var[0], (size_t)msg_size);
+	}
 	batch_msgs = BATCH_BYTES / frame_len;
 	if (batch_msgs == 0)
 		batch_msgs = 1;
@@ -853,6 +1093,13 @@ src_pump(void)
 		for (i = 0; i < k; i++) {
 			unsigned char *f = batch + i * frame_len + frame_hl;
 
+			if (json) {
+				memcpy(f, json_var[src_seq % JSON_VARIANTS],
+				    (size_t)msg_size);
+				put_dec20(f + 8, src_seq++);
+				put_dec20(f + 36, stamp);
+				continue;
+			}
 			put64le(f, src_seq++);
 			put64le(f + 8, stamp);
 		}
@@ -897,10 +1144,27 @@ src_handshake(struct conn *c, const char *head, size_t hlen)
 
 /* ---------------------------------------------------------------- sink */
 
+static struct conn *sinks;
+static long n_sinks;
+static uint64_t t_conn_start, t_last_conn;
+
+/* Does [p, end) hold word (case-insensitive)? */
+static int
+has_word(const char *p, const char *end, const char *word)
+{
+	size_t n = strlen(word);
+
+	for (; p + n <= end; p++)
+		if (strncasecmp(p, word, n) == 0)
+			return 1;
+	return 0;
+}
+
 static int
 sink_handshake(struct conn *c, const char *head, size_t hlen)
 {
 	const char *p, *end = head + hlen, *eol, *v;
+	int ok = -1;
 
 	if (hlen < 12 || memcmp(head, "HTTP/1.1 101", 12) != 0)
 		return -1;
@@ -911,15 +1175,35 @@ sink_handshake(struct conn *c, const char *head, size_t hlen)
 			v = p + 21;
 			while (v < eol && (*v == ' ' || *v == '\t'))
 				v++;
-			return strncmp(v, c->accept, 28) == 0 ? 0 : -1;
+			if (strncmp(v, c->accept, 28) != 0)
+				return -1;
+			ok = 0;
+		} else if (deflate_offer && (size_t)(eol - p) > 25 &&
+		    strncasecmp(p, "Sec-WebSocket-Extensions:", 25) == 0 &&
+		    has_word(p + 25, eol, "permessage-deflate")) {
+			/* each message is inflated on its own: the server
+			   must not keep its context between messages */
+			if (!has_word(p + 25, eol,
+			    "server_no_context_takeover")) {
+				static int said;
+
+				if (!said++)
+					fprintf(stderr, "load: the relay "
+					    "agreed permessage-deflate with "
+					    "context takeover; not supported\n");
+				return -1;
+			}
+			c->deflate = 1;
 		}
 	}
-	return -1;
+	if (ok == 0 && c->deflate) {
+		deflate_clients++;
+		/* the first client inflates whole messages as a check */
+		c->full = c == &sinks[0];
+	}
+	return ok;
 }
 
-static struct conn *sinks;
-static long n_sinks;
-static uint64_t t_conn_start, t_last_conn;
 
 static void
 sink_open(long i)
@@ -985,7 +1269,9 @@ sink_connected(struct conn *c)
 	n = snprintf(req, sizeof req,
 	    "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
 	    "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-	    "Sec-WebSocket-Version: 13\r\n\r\n", dst_path, dst_host, k64);
+	    "Sec-WebSocket-Version: 13\r\n%s\r\n", dst_path, dst_host, k64,
+	    deflate_offer ? "Sec-WebSocket-Extensions: permessage-deflate; "
+	    "client_max_window_bits\r\n" : "");
 	c->state = S_HANDSHAKE;
 	ep_set(c, EPOLLIN);
 	conn_send(c, req, (size_t)n);
@@ -1169,9 +1455,22 @@ usage(void)
 "      --rcvbuf BYTES       sink sockets' SO_RCVBUF (default: autotuned)\n"
 "      --flood-first        both: the source sends from its first client on\n"
 "                           (default: once the sink's clients are connected)\n"
+"      --json               source: text messages of ticker JSON (a Binance\n"
+"                           !miniTicker@arr-style array, SIZE >= 128) instead\n"
+"                           of binary filler; the sequence number and stamp\n"
+"                           lead it as 20 decimal digits each\n"
+"      --deflate            sink: offer permessage-deflate and take compressed\n"
+"                           frames; inflate each one's first 64 bytes (client\n"
+"                           0: all of it, checking the length)\n"
 "  -t, --time S             source: exit after S seconds (default: at SIGTERM)\n"
 "\n"
-"The result is one line of key=value pairs on stdout; progress on stderr.\n",
+"The result is one line of key=value pairs on stdout; progress on stderr.\n"
+#ifdef WITH_ZLIB
+"zlib: yes (--deflate available)\n",
+#else
+"zlib: no (--deflate unavailable: build with -DWITH_ZLIB -lz, needs\n"
+"zlib.h, e.g. apt-get install zlib1g-dev)\n",
+#endif
 	    stdout);
 }
 
@@ -1232,6 +1531,7 @@ main(int argc, char **argv)
 		{ "after-upstream", 0, NULL, 'A' }, { "start-delay", 1, NULL, 'D' },
 		{ "drain", 1, NULL, 'R' }, { "time", 1, NULL, 't' },
 		{ "flood-first", 0, NULL, 'F' }, { "rcvbuf", 1, NULL, 'B' },
+		{ "json", 0, NULL, 'J' }, { "deflate", 0, NULL, 'Z' },
 		{ "help", 0, NULL, 'h' }, { NULL, 0, NULL, 0 }
 	};
 	struct epoll_event *evs;
@@ -1285,6 +1585,8 @@ main(int argc, char **argv)
 		case 't': src_time = atof(optarg); break;
 		case 'F': src_hold = 0; break;
 		case 'B': rcvbuf = atoi(optarg); break;
+		case 'J': json = 1; break;
+		case 'Z': deflate_offer = 1; break;
 		case 'h': usage(); return 0;
 		default: usage(); return 2;
 		}
@@ -1295,6 +1597,14 @@ main(int argc, char **argv)
 		die("source needs -p PORT");
 	if (msg_size < 16)
 		die("--size must be at least 16 (sequence + timestamp)");
+	if (json && msg_size < 128)
+		die("--json needs --size of at least 128");
+#ifndef WITH_ZLIB
+	if (deflate_offer)
+		die("--deflate needs zlib, and this bench/load was built "
+		    "without it: install zlib.h (apt-get install zlib1g-dev) "
+		    "and build with -DWITH_ZLIB -lz (bench/run.sh does)");
+#endif
 	if (n_clients < 0 || n_stalled < 0 || rate < 0)
 		die("negative count or rate");
 	src_hold = mode == 3 && src_hold != 0;
@@ -1532,6 +1842,8 @@ main(int argc, char **argv)
 	    "bytes_s=%.0f gaps=%llu gaps_win=%llu dups=%llu nostamp=%llu "
 	    "p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f "
 	    "closed=%ld stalled_dropped=%ld pings=%llu "
+	    "deflate_clients=%ld zmsgs=%llu zerr=%llu rsv_bad=%llu "
+	    "zfull_msgs=%llu zfull_bad=%llu zfull_avg=%.0f "
 	    "load_cpu_s=%.3f load_cpu_pct=%.1f loop_avg_ms=%.3f loop_max_ms=%.3f",
 	    mode == 3 ? "both" : "sink", n_clients, n_stalled,
 	    connected_at, failed, stalled_at, connected - closed_normal,
@@ -1544,6 +1856,10 @@ main(int argc, char **argv)
 	    (unsigned long long)nostamp, hist_pct(0.50), hist_pct(0.99),
 	    hist_pct(0.999), hist_n ? hist_max_ns / 1e6 : -1.0,
 	    closed_normal, stalled_dropped, (unsigned long long)ctl_pings,
+	    deflate_clients, (unsigned long long)zmsgs,
+	    (unsigned long long)zerr, (unsigned long long)rsv_bad,
+	    (unsigned long long)zfull_msgs, (unsigned long long)zfull_bad,
+	    zfull_msgs ? (double)zfull_out / (double)zfull_msgs : 0.0,
 	    cpu_s(), win_s > 0 ? 100 * cpu_win / win_s : 0.0,
 	    loop_n ? loop_sum / 1e6 / loop_n : 0.0, loop_max / 1e6);
 	if (mode == 3)

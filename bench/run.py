@@ -2,6 +2,8 @@
 """wsfwd against the Node.js forwarder, scenario by scenario (issue 4).
 
 Called by bench/run.sh (make bench).  Python standard library only.
+Scenarios Z, Zp and Zmax (issue 8, permessage-deflate) need bench/load built
+with zlib (run.sh does that when zlib.h is there).
 
 For each scenario and each relay: bench/load (source and sink in one process,
 pinned to CPU 1) listens as the origin, the relay (pinned to CPU 0) connects
@@ -14,7 +16,8 @@ prints one table: scenario, metric, wsfwd, node, ratio (wsfwd / node).
 Environment:
   BENCH_SECONDS   measured window per scenario (default 10)
   BENCH_WARMUP    warm-up before it (default 2; 1 when BENCH_SECONDS < 5)
-  BENCH_ONLY      comma-separated scenarios to run (A,B,C,D,E,F,Fctl,flood)
+  BENCH_ONLY      comma-separated scenarios to run (A,B,C,D,E,F,Fctl,flood,
+                  Z; F brings Fctl, Z brings Zp and Zmax; "deflate" = Z)
   BENCH_RELAYS    comma-separated relays (default wsfwd,node)
   BENCH_MAX_QUEUE wsfwd --max-queue (default 1M, wsfwd's own default)
   BENCH_OUT       where logs and raw results go (default bench/out)
@@ -54,6 +57,7 @@ NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 MANY = max(100, min(10000, NOFILE - 200))
 
 SEND_EVENTS = ["sendmsg", "sendto", "sendmmsg", "write", "writev"]
+JSON_SIZE = 32768       # Z: ~190 tickers, like a !miniTicker@arr message
 
 
 def scenarios():
@@ -78,6 +82,19 @@ def scenarios():
              % (MANY, short),
              n=MANY, size=100, rate=0, warmup=0, duration=short,
              connect_timeout=10, flood_first=True),
+        # issue 8: permessage-deflate.  The source sends ticker JSON (text,
+        # compressible); Z's clients offer the extension, Zp's do not.
+        dict(name="Zp", what="Z's control: 100 plain clients x 200 msgs/s, "
+             "32 KiB ticker JSON (20 k/s offered)",
+             n=100, size=JSON_SIZE, rate=200, json=True),
+        dict(name="Z", what="100 permessage-deflate clients x 200 msgs/s, "
+             "32 KiB ticker JSON (20 k/s offered)",
+             n=100, size=JSON_SIZE, rate=200, json=True, deflate=True),
+        dict(name="Zmax", what="100 permessage-deflate clients, 32 KiB "
+             "ticker JSON, as fast as possible (wsfwd only: Node falls "
+             "behind Z already and reads its upstream regardless)",
+             n=100, size=JSON_SIZE, rate=0, json=True, deflate=True,
+             relays=["wsfwd"]),
     ]
 
 
@@ -177,7 +194,20 @@ def load_cmd(sc, src_port, port):
         cmd += ["--silent"]
     if sc.get("inflight"):
         cmd += ["--inflight", str(sc["inflight"])]
+    if sc.get("json"):
+        cmd += ["--json"]
+    if sc.get("deflate"):
+        cmd += ["--deflate"]
     return cmd
+
+
+def load_has_zlib():
+    try:
+        r = subprocess.run([LOAD, "-h"], capture_output=True, text=True,
+                           timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "zlib: yes" in r.stdout
 
 
 # -------------------------------------------------------------- one run
@@ -309,6 +339,7 @@ def run_one(relay, sc, perf_ok):
         wall = e["t"] - m["t"]
         cpu = e["cpu"] - m["cpu"]
         res["cpu_pct"] = 100.0 * cpu / 1e9 / wall if wall > 0 else None
+        res["cpu_win_ns"] = cpu
         msgs = kv.get("msgs", 0)
         if msgs:
             res["cpu_ns_msg"] = cpu / msgs
@@ -441,6 +472,8 @@ def metrics_for(name, r, runs):
         rows.append(("relay peak RSS MiB", r["peak_rss_kib"] / 1024
                      if r.get("peak_rss_kib") else None, "f1"))
         rows.append(load_cpu)
+    elif name in ("Z", "Zp", "Zmax"):
+        rows += z_rows(name, r, kv, n, runs)
     for note in r.get("notes", []):
         rows.append(("NOTE", note, None))
     if kv.get("closed", 0) > 0 and name != "D":
@@ -453,6 +486,81 @@ def metrics_for(name, r, runs):
     if kv.get("load_cpu_pct", 0) >= 95:
         rows.append(("NOTE", "load tool at %.0f%% of its core: figures may "
                      "be capped by it" % kv["load_cpu_pct"], None))
+    return rows
+
+
+def z_rows(name, r, kv, n, runs):
+    """Rows of the permessage-deflate scenarios (issue 8)."""
+    rows = []
+    paced = name != "Zmax"
+    msgs_s = kv.get("msgs_s") or 0
+    src_s = kv.get("src_msgs_s") or 0
+    win = kv.get("window_s") or 0
+    pay = kv["bytes_s"] / msgs_s if msgs_s else None
+    hdr = (2 if pay < 126 else 4 if pay < 65536 else 10) if pay else 0
+    offered = src_s * n
+    p99 = kv.get("p99_ms") if kv.get("msgs") else None
+    rows.append(("connected (of %d)" % n, kv.get("connected"), "int"))
+    rows.append(("permessage-deflate agreed (clients)",
+                 kv.get("deflate_clients"), "int"))
+    rows.append(("source msgs/s (each to every client)", src_s, "int"))
+    rows.append(("delivered msgs/s", msgs_s, "int"))
+    rows.append(("delivered / offered", msgs_s / offered
+                 if offered and paced else None, "f3"))
+    rows.append(("kept up (>= 99 %, p99 < 100 ms, no loss)",
+                 ("yes" if offered and msgs_s >= 0.99 * offered and
+                  p99 is not None and p99 < 100 and not kv.get("gaps") and
+                  not kv.get("closed") else "no") if paced else "-", None))
+    rows.append(("wire bytes / msg (frame)", pay + hdr if pay else None,
+                 "int"))
+    rows.append(("compression (JSON bytes / payload)",
+                 JSON_SIZE / pay if pay else None, "f2"))
+    rows.append(("delivered MB/s on the wire",
+                 kv.get("bytes_s", 0) / 1e6, "f1"))
+    rows.append(("p50 / p99 latency ms", "%s / %s" % (
+        fmt(kv.get("p50_ms"), "ms"), fmt(p99, "ms")) if p99 is not None
+        else None, None))
+    rows.append(("lost msgs (seq gaps)", kv.get("gaps"), "int"))
+    rows.append(("clients dropped", kv.get("closed"), "int"))
+    rows.append(("relay CPU %", r.get("cpu_pct"), "f1"))
+    rows.append(("relay CPU us / delivered msg",
+                 r["cpu_ns_msg"] / 1e3 if r.get("cpu_ns_msg") else None,
+                 "f2"))
+    cpu = r.get("cpu_win_ns")
+    rows.append(("relay CPU us / source msg",
+                 cpu / 1e3 / (src_s * win) if cpu and src_s and win
+                 else None, "f1"))
+    rows.append(("relay peak RSS MiB (VmHWM)", r["hwm_kib"] / 1024
+                 if r.get("hwm_kib") else None, "f1"))
+    if name != "Zp":
+        rows.append(("client 0 inflated whole: msgs / bad",
+                     "%s / %s" % (fmt(kv.get("zfull_msgs"), "int"),
+                                  fmt((kv.get("zfull_bad") or 0) +
+                                      (kv.get("zerr") or 0), "int")), None))
+    rows.append(("load tool CPU % / loop avg, max ms",
+                 "%s / %s, %s" % (fmt(kv.get("load_cpu_pct"), "f1"),
+                                  fmt(kv.get("loop_avg_ms"), "f2"),
+                                  fmt(kv.get("loop_max_ms"), "f2")), None))
+    if kv.get("zerr") or kv.get("zfull_bad"):
+        rows.append(("NOTE", "%d compressed messages did not inflate (or "
+                     "to the wrong length)" % ((kv.get("zerr") or 0) +
+                                               (kv.get("zfull_bad") or 0)),
+                     None))
+    if kv.get("rsv_bad"):
+        rows.append(("NOTE", "%d RSV1 frames without the extension" %
+                     kv["rsv_bad"], None))
+    if not paced and r.get("cpu_pct") is not None and r["cpu_pct"] < 90 and \
+            kv.get("load_cpu_pct", 100) < 90:
+        rows.append(("NOTE", "neither the relay (%.0f%%) nor the load tool "
+                     "(%.0f%%) used its whole core: the pace is set by "
+                     "wake-ups between them (and whatever else runs on the "
+                     "machine), not by CPU; at %.2f us per delivered message "
+                     "one core would take about %s msgs/s" % (
+                         r["cpu_pct"], kv["load_cpu_pct"],
+                         r["cpu_ns_msg"] / 1e3,
+                         fmt(1e9 / r["cpu_ns_msg"], "int"))
+                     if r.get("cpu_ns_msg") else "relay not CPU-bound",
+                     None))
     return rows
 
 
@@ -577,9 +685,20 @@ def main():
     only = os.environ.get("BENCH_ONLY")
     if only:
         want = set(only.split(","))
+        if "deflate" in want:
+            want.add("Z")
         if "F" in want:
             want.add("Fctl")
+        if "Z" in want:
+            want |= {"Zp", "Zmax"}
         scs = [s for s in scs if s["name"] in want]
+    if any(s.get("deflate") for s in scs) and not load_has_zlib():
+        print("bench: bench/load was built without zlib (no zlib.h: "
+              "apt-get install zlib1g-dev); skipping %s" % ", ".join(
+                  s["name"] for s in scs if s.get("json")))
+        scs = [s for s in scs if not s.get("json")]
+        if not scs:
+            return 1
     perf_ok, why = perf_works()
     started = datetime.datetime.now().astimezone()
     print("wsfwd benchmark, %s" % started.strftime("%Y-%m-%d %H:%M %Z"))
@@ -596,6 +715,13 @@ def main():
           % (RELAY_CPU, LOAD_CPU, SECONDS, WARMUP))
     print("wsfwd: -q --max-queue %s (E, F: its default 1M); node: %s"
           % (MAX_QUEUE, "bench/node/forwarder.js"))
+    if any(sc.get("json") for sc in scs):
+        print("Z, Zp, Zmax: the source sends %d-byte text messages of ticker "
+              "JSON (bench/load --json); Z and Zmax clients offer "
+              "permessage-deflate (--deflate) and inflate the first 64 bytes "
+              "of each message for its sequence number and stamp (client 0 "
+              "inflates all of it); node: perMessageDeflate as in the "
+              "original (level 3, window 2^10, threshold 10)" % JSON_SIZE)
     print("descriptors: soft limit %d, so D and flood use %d clients%s"
           % (NOFILE, MANY, "" if MANY == 10000 else
              " (10,000 do not fit)"))
@@ -617,6 +743,8 @@ def main():
     sys.stdout.flush()
     for sc in scs:
         for relay in RELAYS:
+            if relay not in sc.get("relays", RELAYS):
+                continue
             print("  running %-5s %-5s: %s ..." % (sc["name"], relay,
                                                    sc["what"]),
                   end="", flush=True)
@@ -641,4 +769,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

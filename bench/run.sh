@@ -23,7 +23,15 @@ done
 [ "$(nproc)" -ge 2 ] || echo "bench: fewer than 2 CPUs; relay and load tool will share one" >&2
 
 [ -n "${BENCH_WSFWD:-}" ] || make -s wsfwd
-${CC:-cc} -O2 -o bench/load bench/load.c
+# bench/load links zlib for the permessage-deflate scenarios (Z) if it can
+if printf '#include <zlib.h>\nint main(void){return !zlibVersion();}\n' |
+	${CC:-cc} -x c -o /dev/null - -lz 2>/dev/null; then
+	${CC:-cc} -O2 -DWITH_ZLIB -o bench/load bench/load.c -lz
+else
+	echo "bench: zlib.h or libz not found (apt-get install zlib1g-dev):" \
+	    "bench/load built without --deflate; scenarios Z, Zp, Zmax skipped" >&2
+	${CC:-cc} -O2 -o bench/load bench/load.c
+fi
 if [ ! -f bench/node/node_modules/ws/package.json ]; then
 	(cd bench/node && npm install --no-audit --no-fund --loglevel=error)
 fi

@@ -6,13 +6,18 @@
 // (binary stays binary, text stays text), to every client.
 //
 //   node bench/node/forwarder.js UPSTREAM_URL PORT PATH [HOST]
+//   FORWARDER_DEFLATE=off node bench/node/forwarder.js ...
 //
 // HOST defaults to 127.0.0.1 (the benchmark stays on loopback).
 //
-// perMessageDeflate is configured as in the original, but no compression
-// happens in the benchmark: the bench clients (bench/load) do not offer
-// permessage-deflate, and the bench source does not accept the offer of
-// the upstream client, so every frame goes out uncompressed.
+// perMessageDeflate is configured as in the original (the default, or
+// FORWARDER_DEFLATE=on); FORWARDER_DEFLATE=off turns it off
+// (perMessageDeflate: false: the extension is never agreed).  It only
+// compresses for clients that offer the extension: the bench clients
+// (bench/load) do so only with --deflate (scenario Z of bench/run.py), and
+// then ws compresses every message again for every such client (threshold
+// 10 bytes), in libuv's thread pool.  The bench source never accepts the
+// upstream client's offer, so what comes in is always uncompressed.
 
 const http = require('http');
 const WebSocket = require('ws');
@@ -24,10 +29,15 @@ if (!upstreamUrl || !portArg) {
   process.exit(2);
 }
 const port = Number(portArg);
+const deflateSwitch = (process.env.FORWARDER_DEFLATE || 'on').toLowerCase();
+if (deflateSwitch !== 'on' && deflateSwitch !== 'off') {
+  console.error('FORWARDER_DEFLATE must be on or off');
+  process.exit(2);
+}
 
 const wss = new WebSocket.WebSocketServer({
   noServer: true,
-  perMessageDeflate: {
+  perMessageDeflate: deflateSwitch === 'off' ? false : {
     zlibDeflateOptions: { chunkSize: 1024, memLevel: 7, level: 3 },
     zlibInflateOptions: { chunkSize: 10240 },
     clientNoContextTakeover: true,
@@ -89,6 +99,6 @@ function connectUpstream() {
 }
 
 server.listen(port, host, () => {
-  console.log(`listening on ${host}:${port}${path}`);
+  console.log(`listening on ${host}:${port}${path} (perMessageDeflate ${deflateSwitch})`);
   connectUpstream();
 });
