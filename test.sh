@@ -172,13 +172,17 @@ cat_dead() {
 # TLS origin in Python's ssl with certificates made by openssl; tree.py: a
 # root and two edges, and nginx's stream proxy in front where installed;
 # routing.py: prefix routes, --send, --replay, --rotate, --tunnel, access
-# control and --stats.
+# control and --stats; deflate.py: permessage-deflate against zlib,
+# Python websockets, Node's ws and headless Chromium; faults.py: flapping
+# origin, client churn, descriptor exhaustion, half-open peers, hostile
+# pacing, RLIMIT_AS, valgrind (those two skipped where they cannot run).
+# "skip - " lines are shown too.
 pysuite() {
 	local out=$T/$3/$1
 	mkdir -p "$out"
 	WSFWD_LOGDIR=$out timeout 170 python3 "tests/$1.py" "$2" \
 	    >"$out.out" 2>"$out.err"
-	grep -E '^(ok|FAIL) - ' "$out.out" | sed -E "s/^(ok|FAIL) - /\1 - $3 $1: /"
+	grep -E '^(ok|FAIL|skip) - ' "$out.out" | sed -E "s/^(ok|FAIL|skip) - /\1 - $3 $1: /"
 	add_counts "$out.out" || nok "$3 $1.py" "no summary line (timed out?)"
 	if grep -q '^FAIL' "$out.out"; then
 		echo "# $3 $1.py diagnostics:"
@@ -208,12 +212,23 @@ suite() {
 	(
 		PIDS="" PASS=0 FAIL=0
 		trap stop_all EXIT
+		# faults.py waits on timers most of the time: beside the rest.
+		(
+			PASS=0 FAIL=0
+			pysuite faults "$1" "$2"
+			echo "$PASS passed, $FAIL failed"
+		) >"$T/$2.faults" 2>&1 &
+		faults=$!
 		chain "$1" "$2"
 		cat_dead "$1" "$2"
 		pysuite proto "$1" "$2"
 		pysuite tls "$1" "$2"
 		pysuite tree "$1" "$2"
 		pysuite routing "$1" "$2"
+		pysuite deflate "$1" "$2"
+		wait "$faults"
+		grep -v -E '^[0-9]+ passed, [0-9]+ failed$' "$T/$2.faults"
+		add_counts "$T/$2.faults" || nok "$2 faults.py" "no summary line"
 		sanitizer_logs "$2"
 		echo "$PASS passed, $FAIL failed"
 	) >"$T/$2.out" 2>&1 &
@@ -322,7 +337,7 @@ fi
 		timeout 120 make -s fuzz >"$T/fuzz-build.log" 2>&1 ||
 		    echo "FAIL - make fuzz: $(tail -n 2 "$T/fuzz-build.log" | tr '\n' ' ')"
 		timeout 120 tests/fuzz/run.sh 3 request response frame-server \
-		    frame-client utf8 url pem
+		    frame-client utf8 url pem inflate
 	else
 		echo "skip - fuzz: no clang with libFuzzer"
 	fi
