@@ -90,6 +90,7 @@
 #define MAX_UPSTREAMS_DEFAULT	256	/* per prefix route */
 #define REPLAY_MAX		100000
 #define DEFLATE_MIN_DEFAULT	64	/* smaller JSON hardly shrinks */
+#define ZCLIENT_MAX		65536	/* a compressed message nobody gets */
 #define IPTAB_SIZE		1024	/* buckets of --max-per-ip counts */
 #define HOST_BURST		10	/* connection attempts to one host... */
 #define HOST_INTERVAL_MS	1050	/* ...then one per this: < 300 in 5 min */
@@ -174,6 +175,7 @@ struct inflate_run {
 	unsigned		 nb;
 	unsigned char		*out;
 	size_t			 len, cap, max;
+	const uint32_t		*lt, *dt;	/* the block's tables */
 	uint32_t		 lit[INFL_LSIZE], dist[INFL_DSIZE];
 };
 
@@ -267,6 +269,7 @@ struct conn {
 	unsigned char	 kind, state, shut, dirty, joined, pending;
 	unsigned char	 pinged;	/* our ping is out: its pong is ours */
 	unsigned char	 deflate;	/* permessage-deflate agreed */
+	unsigned char	 deflate_sbits;	/* its offer named server_max_window_bits */
 	struct inflate	*zi;		/* upstream's window, if it keeps one */
 	unsigned	 id;
 	unsigned	 close_code;	/* what we sent or will log */
@@ -568,7 +571,7 @@ static int	 parse_uint(const char *, unsigned long, unsigned long *);
 static int64_t	 ping_next(void);
 static int	 pmd_accepted(const char *);
 static int	 pmd_bits(const char *);
-static int	 pmd_offered(struct http *);
+static int	 pmd_offered(struct http *, int *);
 static int	 pmd_parse(const char **, unsigned *, int *);
 static size_t	 queue_behind(const struct queue *);
 static void	 queue_clear(struct queue *, int);
@@ -673,6 +676,7 @@ static size_t	 ws_head_len(uint64_t);
 static size_t	 ws_head_need(const unsigned char *, unsigned);
 static size_t	 ws_head_write(unsigned char *, int, uint64_t);
 static int	 ws_inflate(struct conn *, int, struct msg **, size_t *);
+static size_t	 ws_limit(struct conn *);
 static void	 x509_feed(br_x509_decoder_context *, const void *, size_t);
 static void	 xi_append(const br_x509_class **, const unsigned char *,
 		    size_t);
@@ -1508,7 +1512,7 @@ inflate_copy(struct inflate_run *s, unsigned len, unsigned dist)
 static int
 inflate_codes(struct inflate_run *s)
 {
-	const uint32_t *lt = s->lit, *dt = s->dist;
+	const uint32_t *lt = s->lt, *dt = s->dt;
 	uint64_t bb = s->bb;
 	unsigned nb = s->nb, len, dist, k;
 	unsigned char *out = s->out, *d, *from;
@@ -1616,12 +1620,19 @@ inflate_stored(struct inflate_run *s)
 static int
 inflate_fixed(struct inflate_run *s)
 {
+	static uint32_t lit[1u << INFL_LBITS], dist[1u << INFL_DBITS];
+	static int ready;
 	unsigned char lens[288];
 
-	huff_fixed(lens);
-	huff_table(s->lit, INFL_LSIZE, INFL_LBITS, lens, 288, HUFF_LIT);
-	memset(lens, 5, 32);
-	huff_table(s->dist, INFL_DSIZE, INFL_DBITS, lens, 32, HUFF_DIST);
+	/* Built once: a block of 10 bits must not cost two table builds. */
+	if (!ready) {
+		huff_fixed(lens);
+		huff_table(lit, LEN(lit), INFL_LBITS, lens, 288, HUFF_LIT);
+		memset(lens, 5, 32);
+		huff_table(dist, LEN(dist), INFL_DBITS, lens, 32, HUFF_DIST);
+		ready = 1;
+	}
+	s->lt = lit, s->dt = dist;
 	return inflate_codes(s);
 }
 
@@ -1673,6 +1684,7 @@ inflate_dynamic(struct inflate_run *s)
 	    huff_table(s->dist, INFL_DSIZE, INFL_DBITS, lens + nlit, ndist,
 	    HUFF_DIST) < 0)
 		return INFL_BAD;
+	s->lt = s->lit, s->dt = s->dist;
 	return inflate_codes(s);
 }
 
@@ -2439,7 +2451,7 @@ pmd_parse(const char **pp, unsigned *fl, int *bits)
  * is made with a 32 KiB window.
  */
 static int
-pmd_offered(struct http *m)
+pmd_offered(struct http *m, int *sbits)
 {
 	const char *p;
 	unsigned fl;
@@ -2451,8 +2463,11 @@ pmd_offered(struct http *m)
 		for (p = m->h[i].value; *p != '\0'; ) {
 			if ((r = pmd_parse(&p, &fl, &bits)) < 0)
 				break;	/* malformed: the rest is unreadable */
-			if (r > 0 && bits == 15)
+			if (r > 0 && bits == 15) {
+				/* 7.1.2.1: accepting it means echoing it. */
+				*sbits = (fl & PMD_SBITS) != 0;
 				return 1;
+			}
 		}
 	}
 	return 0;
@@ -2736,6 +2751,20 @@ close_code_valid(unsigned code)
 	    (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
 }
 
+/*
+ * The most a message of c's may be: --max-message, but a compressed one
+ * from a client whose messages go nowhere is held whole and inflated only
+ * to be checked, so it gets ZCLIENT_MAX at most (its inflated form may
+ * still reach --max-message): a client cannot make wsfwd hold 16 MiB, nor
+ * spend seconds inflating, per connection.
+ */
+static size_t
+ws_limit(struct conn *c)
+{
+	return c->d.zmsg && c->kind == CONN_CLIENT && !opt.tunnel ?
+	    MIN(opt.max_message, ZCLIENT_MAX) : opt.max_message;
+}
+
 /* Check a complete frame header; returns 0 or the close code to fail with. */
 static int
 ws_head(struct conn *c)
@@ -2796,7 +2825,7 @@ ws_head(struct conn *c)
 		/* A client's messages go nowhere unless tunnelled or inflated. */
 		d->keep = c->kind == CONN_UPSTREAM || opt.tunnel || d->zmsg;
 	}
-	if (len > opt.max_message - d->msglen)
+	if (len > ws_limit(c) - d->msglen)
 		return CLOSE_TOO_BIG;
 	d->msglen += len;
 	if (!d->keep)
@@ -4393,7 +4422,7 @@ client_check(struct conn *c, struct http *m, const char **key,
 	const char *v;
 	char path[HEADER_MAX];
 	unsigned char raw[18];
-	int n, auth = 0, status;
+	int n, auth = 0, status, sbits = 0;
 
 	*why = "not GET";
 	if (strcmp(m->method, "GET") != 0)
@@ -4429,7 +4458,8 @@ client_check(struct conn *c, struct http *m, const char **key,
 	*why = "--max-clients reached";
 	if (opt.max_clients != 0 && nclients_open >= opt.max_clients)
 		return 503;
-	c->deflate = opt.deflate && pmd_offered(m);
+	c->deflate = opt.deflate && pmd_offered(m, &sbits);
+	c->deflate_sbits = c->deflate && sbits;
 	if (!conf->prefix && !opt.tunnel) {
 		c->route = conf;
 		return 101;
@@ -4444,7 +4474,7 @@ static void
 client_join(struct conn *c, const char *accept, const char *proto)
 {
 	struct route *r = c->route;
-	char buf[512];
+	char buf[1024];		/* ~130 + a 256-byte subprotocol + ~130 */
 	int n;
 
 	/*
@@ -4453,11 +4483,18 @@ client_join(struct conn *c, const char *accept, const char *proto)
 	 */
 	n = snprintf(buf, sizeof buf, "HTTP/1.1 101 Switching Protocols\r\n"
 	    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-	    "Sec-WebSocket-Accept: %s\r\n%s%s%s%s\r\n", accept,
+	    "Sec-WebSocket-Accept: %s\r\n%s%s%s%s%s%s\r\n", accept,
 	    proto ? "Sec-WebSocket-Protocol: " : "", proto ? proto : "",
 	    proto ? "\r\n" : "", c->deflate ? "Sec-WebSocket-Extensions: "
 	    "permessage-deflate; server_no_context_takeover; "
-	    "client_no_context_takeover\r\n" : "");
+	    "client_no_context_takeover" : "",
+	    /* 7.1.2.1: a server_max_window_bits offered is answered. */
+	    c->deflate_sbits ? "; server_max_window_bits=15" : "",
+	    c->deflate ? "\r\n" : "");
+	if (n < 0 || (size_t)n >= sizeof buf) {
+		conn_lost(c, "101 head too long");
+		return;
+	}
 	if (conn_queue(c, msg_raw(buf, (size_t)n), 1) < 0)
 		return;
 	c->state = CONN_OPEN;
@@ -7873,6 +7910,7 @@ test_pmd(void)
 		{ "; permessage-deflate", 0 },
 	};
 	struct http m;
+	int sbits;
 	size_t i;
 
 	memset(&m, 0, sizeof m);
@@ -7881,14 +7919,14 @@ test_pmd(void)
 	m.h[1].name = "sec-websocket-extensions";
 	for (i = 0; i < LEN(offers); i++) {
 		m.h[1].value = (char *)offers[i].v;
-		check(pmd_offered(&m) == offers[i].ok, offers[i].v);
+		check(pmd_offered(&m, &sbits) == offers[i].ok, offers[i].v);
 	}
 	/* Two headers: the second one's offer counts. */
 	m.nh = 3;
 	m.h[1].value = "permessage-deflate; bad";
 	m.h[2].name = "Sec-WebSocket-Extensions";
 	m.h[2].value = "permessage-deflate";
-	check(pmd_offered(&m) == 1, "an offer in a second header");
+	check(pmd_offered(&m, &sbits) == 1, "an offer in a second header");
 	check(pmd_accepted("permessage-deflate") == 1, "answer: takeover");
 	check(pmd_accepted("permessage-deflate;server_no_context_takeover") ==
 	    0, "answer: no takeover");

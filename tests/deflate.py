@@ -81,7 +81,7 @@ OFFERS = [
     ("permessage-deflate", True),
     ("permessage-deflate; client_max_window_bits", True),
     ("permessage-deflate; server_no_context_takeover; client_no_context_takeover", True),
-    ("permessage-deflate; server_max_window_bits=15", True),
+    ("permessage-deflate; server_max_window_bits=15", "+sbits"),
     ("permessage-deflate; server_max_window_bits=10", False),
     ("permessage-deflate; server_max_window_bits=10, permessage-deflate", True),
     ("x-webkit-deflate-frame, permessage-deflate; client_max_window_bits=12", True),
@@ -105,8 +105,9 @@ def t_negotiation_offers():
         ws.send_raw(req)
         head = ws.read_head()
         check_101(head, key)
-        eq(head.get("sec-websocket-extensions"), PMD_ANSWER if accepted else None,
-           "answer to %r" % offer)
+        want = (PMD_ANSWER + "; server_max_window_bits=15" if accepted == "+sbits"
+                else PMD_ANSWER if accepted else None)
+        eq(head.get("sec-websocket-extensions"), want, "answer to %r" % offer)
         ws.close()
     check(w.alive(), "wsfwd died")
 
@@ -200,6 +201,10 @@ add("inflate_corrupt_1007", compressed_client_case,
     [zframe(OP_BIN, b"\xff" * 50)], 1007)
 add("inflate_bomb_1009", compressed_client_case,
     [zframe(OP_BIN, compress(b"\0" * (17 << 20), 9))], 1009)
+add("inflate_64k_inflates_to_16m_ok", compressed_client_case,
+    [zframe(OP_BIN, compress(b"\0" * (15 << 20), 9))])
+add("compressed_client_message_over_64k_1009", compressed_client_case,
+    [zframe(OP_BIN, os.urandom(65537))], 1009)
 add("rsv1_on_continuation_1002", compressed_client_case,
     [zframe(OP_TEXT, b"a", fin=False, rsv=0), zframe(OP_CONT, b"b")], 1002)
 add("rsv1_on_ping_1002", compressed_client_case, [zframe(OP_PING, b"x")], 1002)
