@@ -453,25 +453,18 @@ def have_websockets():
 def main():
     # Peers a machine may lack: such a test prints "skip - NAME: why" and
     # counts as neither passed nor failed (.ci/run installs them all).
-    only = sys.argv[2:]
-    for name, fn, why in (
-            ("python_websockets_client", t_python_websockets_client,
-             None if have_websockets() else
-             "no Python websockets (apt-get install python3-websockets)"),
-            ("node_ws_client", t_node_ws_client,
-             None if shutil.which("node") and os.path.isdir(NODE_WS) else
-             "no node, or no ws in bench/node (cd bench/node && npm install)"),
-            ("chromium_headless", t_chromium_headless,
-             None if chromium() else "no chromium (apt-get install chromium)")):
-        if why is None:
-            test(name)(fn)
-        elif not only or name in only:
-            print("skip - %s: %s" % (name, why), flush=True)
-            if name in only:
-                only.remove(name)
-                if not only:
-                    print("0 passed, 0 failed")
-                    return 0
+    only = wslib.register_optional((
+        ("python_websockets_client", t_python_websockets_client,
+         None if have_websockets() else
+         "no Python websockets (apt-get install python3-websockets)"),
+        ("node_ws_client", t_node_ws_client,
+         None if shutil.which("node") and os.path.isdir(NODE_WS) else
+         "no node, or no ws in bench/node (cd bench/node && npm install)"),
+        ("chromium_headless", t_chromium_headless,
+         None if chromium() else "no chromium (apt-get install chromium)")),
+        sys.argv[2:])
+    if only is None:
+        return 0
     return wslib.main(sys.argv[:2] + only, "BIN [TEST...]", "wsfwd-deflate.", alarm=60)
 
 

@@ -1304,17 +1304,9 @@ def main():
          "a static binary: valgrind cannot see its malloc" if not dynamic(binary)
          else None),
     ]
-    for name, fn, why in optional:
-        if why is None:
-            test(name)(fn)
-            continue
-        if not only or name in only:
-            print("skip - %s: %s" % (name, why), flush=True)
-        if name in only:
-            only.remove(name)
-            if not only:
-                print("0 passed, 0 failed")
-                return 0
+    only = wslib.register_optional(optional, only)
+    if only is None:
+        return 0
     return wslib.main([argv[0], binary] + only, "./wsfwd [--long] [TEST...]",
                       "wsfwd-faults.", alarm=TEST_ALARM)
 

@@ -444,14 +444,20 @@ def t_tunnel_both_ways():
     b.expect_msg(OP_TEXT, b"still here")
 
 
-@test
-def t_tunnel_origin_closes_with_code():
+def tunnel_pending():
+    """A tunnel route, a client whose upgrade waits for the origin, and
+    the origin's end of it: (origin, wsfwd, client, its key, upstream)."""
     up = FakeUpstream()
     w = start_server("--tunnel", "/t=" + up.url("/x"), stdin=False)
     ws = WS(w.port)
     req, key = build_request(w.port, "/t")
     ws.send_raw(req)
-    u = up.accept()
+    return up, w, ws, key, up.accept()
+
+
+@test
+def t_tunnel_origin_closes_with_code():
+    up, w, ws, key, u = tunnel_pending()
     u.handshake("/x")
     check_101(ws.read_head(), key)
     u.send_frame(OP_TEXT, b"last words", mask=False)
@@ -468,12 +474,7 @@ def t_tunnel_origin_closes_with_code():
 
 @test
 def t_tunnel_refusal_is_502():
-    up = FakeUpstream()
-    w = start_server("--tunnel", "/t=" + up.url("/x"), stdin=False)
-    ws = WS(w.port)
-    req, key = build_request(w.port, "/t")
-    ws.send_raw(req)
-    u = up.accept()
+    up, w, ws, key, u = tunnel_pending()
     u.read_request("/x")
     u.send_raw(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
     eq(ws.read_head().status, 502, "client's status after the origin's 403")

@@ -758,6 +758,24 @@ def test(arg):
     return lambda fn: reg(fn, arg)
 
 
+def register_optional(optional, only):
+    """Register the tests (name, fn, why) whose why is None; for the others,
+    which this build or machine cannot run, print "skip - NAME: why" (if
+    they were asked for): they count as neither passed nor failed.  Returns
+    the names in `only` left to run, or None when nothing is left."""
+    for name, fn, why in optional:
+        if why is None:
+            test(name)(fn)
+        elif not only or name in only:
+            print("skip - %s: %s" % (name, why), flush=True)
+            if name in only:
+                only.remove(name)
+                if not only:
+                    print("0 passed, 0 failed")
+                    return None
+    return only
+
+
 # ---------------------------------------------------------------- runner
 
 ALARM = None            # seconds a test may take, or None
