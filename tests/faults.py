@@ -57,7 +57,7 @@ from wslib import (  # noqa: E402
     HOST, TIMEOUT, OP_CONT, OP_TEXT, OP_BIN, OP_CLOSE, OP_PING, OP_PONG,
     SOCKS, CLEANUP, TestFail, Timeout, Closed, fail, check, eq,
     accept_key, encode_frame, close_payload, build_request, check_101, HttpHead,
-    Peer, WS, Wsfwd, free_port, test)
+    Peer, WS, Wsfwd, FakeUpstream, free_port, test)
 
 LONG = False                # --long: set in main()
 TEST_ALARM = 150            # seconds any one test may take (--long: 600)
@@ -199,21 +199,17 @@ def response_101(head):
             % accept_key(head.get("sec-websocket-key") or "")).encode()
 
 
-class UpConn(Peer):
-    """wsfwd's upstream connection, seen from the origin's side."""
-    expect_masked = True
-    who = "wsfwd (as client)"
+class UpConn(wslib.UpConn):
+    """wsfwd's upstream connection, seen from the origin's side; its
+    handshake checks only the request line."""
 
     def handshake(self, target="/up"):
         head = self.read_head()
         eq(head.start, "GET %s HTTP/1.1" % target, "request line")
         self.send_raw(response_101(head))
 
-    def rst(self):
-        rst(self.sock)
 
-
-class Origin:
+class Origin(FakeUpstream):
     """A fake origin on a fixed port: kill() resets its connections and
     closes the listener; start() listens on the same port again."""
 
@@ -240,22 +236,9 @@ class Origin:
             forget(self.lsock)
             self.lsock = None
 
-    def url(self, target="/up"):
-        return "ws://%s:%d%s" % (HOST, self.port, target)
-
     def accept(self, timeout=TIMEOUT):
-        self.lsock.settimeout(timeout)
-        try:
-            s, _ = self.lsock.accept()
-        except socket.timeout:
-            raise Timeout("no connection to the fake origin within %.1f s" % timeout)
-        c = UpConn(s)
+        c = UpConn(super().accept(timeout).sock, self.port)
         self.conns.append(c)
-        return c
-
-    def accept_ws(self, target="/up", timeout=TIMEOUT):
-        c = self.accept(timeout)
-        c.handshake(target)
         return c
 
 
