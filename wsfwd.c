@@ -80,7 +80,8 @@
 #define BATCH_SMALL		16384	/* larger ones travel in their own */
 #define REUSE_MAX		65536	/* keep a reassembly buffer this small */
 #define PACE_DIV		8	/* the pacing unit, see pace_bytes() */
-#define ACCEPT_BATCH		64	/* accepts per listener readiness */
+#define ACCEPT_BATCH		1024	/* accepts per listener readiness */
+#define FLUSH_SLICE		256	/* client writes between source reads */
 #define LINE_MAX_DEFAULT	(16u << 20)
 #define MAX_QUEUE_DEFAULT	(1u << 20)
 #define SIZE_LIMIT		((size_t)1 << 30)	/* no sane message is larger */
@@ -333,6 +334,8 @@ struct upstream {
 	int		 failed;	/* a successor that failed: to be freed */
 	int		 wait_ms;	/* Retry-After of the last refusal */
 	int		 paced;		/* a pacing delay has been logged */
+	unsigned	 rturn;		/* the turn rgot counts for */
+	size_t		 rgot;		/* bytes read in that turn */
 	char		 accept[29];	/* expected Sec-WebSocket-Accept */
 	char		 why[160];	/* last connect error */
 };
@@ -610,6 +613,7 @@ static void	 sha1_update(struct sha1 *, const void *, size_t);
 static int	 should_exit(void);
 static void	 shutdown_begin(void);
 static void	 signal_setup(void);
+static void	 sources_read(void);
 static void	 stats_feed_json(struct sbuf *, const struct route *);
 static void	 stats_json(struct sbuf *);
 static void	 stats_log(void);
@@ -698,7 +702,9 @@ static struct ipcount	*iptab[IPTAB_SIZE];	/* --max-per-ip */
 static struct route	*stdin_route;
 static struct conn	**conns;	/* every live connection, in poll order */
 static size_t		 nconns, capconns;
-static struct conn	*dirty;		/* conns with output queued this turn */
+static struct conn	*dirty, *dirty_tail;	/* conns to flush, in order */
+static size_t		 ndirty;
+static unsigned		 turn;		/* loop iterations */
 static unsigned		 nclients_open;	/* upgraded clients, all routes */
 static unsigned		 nclient_conns;	/* client sockets, any state */
 static unsigned		 next_id;
@@ -3722,14 +3728,22 @@ conn_kill(struct conn *c)
 	c->state = CONN_DEAD;
 }
 
-/* Have conn_flush() run for c before the next poll(). */
+/*
+ * Have conn_flush() run for c, in the order conns were marked: at the end
+ * of this turn, or of the next if a flush is already under way.
+ */
 static void
 conn_mark(struct conn *c)
 {
 	if (!c->dirty) {
 		c->dirty = 1;
-		c->dnext = dirty;
-		dirty = c;
+		c->dnext = NULL;
+		if (dirty_tail != NULL)
+			dirty_tail->dnext = c;
+		else
+			dirty = c;
+		dirty_tail = c;
+		ndirty++;
 	}
 }
 
@@ -4002,20 +4016,26 @@ conn_head(struct conn *c, unsigned char *buf, size_t n)
 
 /*
  * Bytes arrived.  A client gets one read a turn.  An upstream gets up to
- * an eighth of --max-queue (at most READS_PER_EVENT reads): that is all
- * its clients' queues can grow by in one turn, so a client that was
- * keeping up when the turn began is still far within --max-queue after it.
+ * an eighth of --max-queue a turn (at most READS_PER_EVENT reads), however
+ * many times it is read (see sources_read()): that is all its clients'
+ * queues can grow by in one turn, so a client that was keeping up when the
+ * turn began is still far within --max-queue after it.
  */
 static void
 conn_readable(struct conn *c)
 {
 	unsigned char *buf = rbuf;
 	size_t cap, got = 0, budget = sizeof rbuf;
+	struct upstream *u = c->kind == CONN_UPSTREAM ? c->up : NULL;
 	ssize_t n;
 
-	if (c->kind == CONN_UPSTREAM)
+	if (u != NULL) {
+		if (u->rturn != turn)
+			u->rturn = turn, u->rgot = 0;
 		budget = MIN(pace_bytes(),
 		    (size_t)READS_PER_EVENT * sizeof rbuf);
+		budget = budget > u->rgot ? budget - u->rgot : 0;
+	}
 	while (got < budget && c->state != CONN_DEAD) {
 		cap = MIN(sizeof rbuf, budget - got);
 		if ((n = conn_read(c, buf, cap)) == -2)
@@ -4027,6 +4047,8 @@ conn_readable(struct conn *c)
 		}
 		c->last_rx = now;
 		got += (size_t)n;
+		if (u != NULL)
+			u->rgot += (size_t)n;
 		conn_input(c, buf, (size_t)n);
 		if ((size_t)n < cap)
 			return;
@@ -4093,8 +4115,9 @@ conn_events(struct conn *c)
 
 	if (c->state == CONN_CONNECTING)
 		return POLLOUT;
+	/* A conn to be flushed this turn anyway needs no POLLOUT. */
 	ev = c->tls != NULL ? tls_events(c) :
-	    (short)(POLLIN | (c->q.n > 0 ? POLLOUT : 0));
+	    (short)(POLLIN | (c->q.n > 0 && !c->dirty ? POLLOUT : 0));
 	/* Every client is behind: let TCP push back on the origin. */
 	if (c->kind == CONN_UPSTREAM && c->state == CONN_OPEN &&
 	    route_behind(c->route))
@@ -4150,9 +4173,24 @@ conn_timers(struct conn *c)
 static void
 conn_reap(void)
 {
+	struct conn **pp, *c;
 	size_t i, j;
 
-	for (i = j = 0; i < nconns; i++) {
+	for (i = 0; i < nconns && conns[i]->state != CONN_DEAD; i++)
+		;
+	if (i == nconns)
+		return;
+	/* The dead leave the flush list first: it outlives a turn. */
+	for (pp = &dirty, dirty_tail = NULL; (c = *pp) != NULL; ) {
+		if (c->state == CONN_DEAD) {
+			*pp = c->dnext;
+			ndirty--;
+		} else {
+			dirty_tail = c;
+			pp = &c->dnext;
+		}
+	}
+	for (j = i; i < nconns; i++) {
 		if (conns[i]->state == CONN_DEAD)
 			free(conns[i]);
 		else
@@ -4161,18 +4199,48 @@ conn_reap(void)
 	nconns = j;
 }
 
+/*
+ * Flush the conns marked so far, in order; those marked meanwhile wait for
+ * the next turn.  Writing to thousands of clients takes a while, so every
+ * FLUSH_SLICE writes the sources are read again: what they sent meanwhile
+ * joins, in the same write, the queues of the clients still to come, and
+ * the others get it first thing next turn.  Each client is written once a
+ * turn, and a message waits at most about one turn.
+ */
 static void
 flush_dirty(void)
 {
 	struct conn *c;
+	size_t n = ndirty, k = 0;
 
-	while ((c = dirty) != NULL) {
-		dirty = c->dnext;
+	while (n-- > 0 && (c = dirty) != NULL) {
+		if ((dirty = c->dnext) == NULL)
+			dirty_tail = NULL;
+		ndirty--;
 		c->dirty = 0;
 		if (c->state == CONN_DEAD || c->state == CONN_CONNECTING)
 			continue;
 		if (conn_flush(c) < 0)
 			conn_lost(c, conn_error(c));
+		if (++k % FLUSH_SLICE == 0 && n > 0)
+			sources_read();
+	}
+}
+
+/* Read the upstreams of large routes partway through a flush. */
+static void
+sources_read(void)
+{
+	struct route *r;
+	struct conn *c;
+
+	for (r = feeds; r != NULL; r = r->lnext) {
+		if (r->nclients < FLUSH_SLICE || r->up == NULL ||
+		    (c = r->up->c) == NULL || c->state != CONN_OPEN ||
+		    route_behind(r))
+			continue;
+		conn_event(c, POLLIN);
+		batch_flush(r);
 	}
 }
 
@@ -6437,11 +6505,9 @@ loop(void)
 			dump = 0;
 			stats_log();
 		}
-		timers();
-		flush_dirty();
-		conn_reap();
-		/* Again, now that flushing may have failed an upstream. */
+		turn++;
 		wake = timers();
+		conn_reap();
 		if (should_exit())
 			break;
 		if (cap < POLL_FIXED + nconns) {
@@ -6465,7 +6531,7 @@ loop(void)
 			pfd[POLL_FIXED + i].events = conn_events(conns[i]);
 			pending |= conns[i]->pending = tls_pending(conns[i]);
 		}
-		timeout = pending ? 0 : wake == INT64_MAX ? -1 :
+		timeout = pending || dirty != NULL ? 0 : wake == INT64_MAX ? -1 :
 		    (int)MIN(MAX(wake - now, 0), INT_MAX);
 		if (poll(pfd, POLL_FIXED + n, timeout) < 0) {
 			if (errno == EINTR)
@@ -7445,7 +7511,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fuzz_inflate(data, size);
 		break;
 	}
-	dirty = NULL;
+	dirty = dirty_tail = NULL;
+	ndirty = 0;
 	return 0;
 }
 #endif /* WSFWD_FUZZ */
@@ -8094,7 +8161,8 @@ test_decoder_upstream(void)
 			    (m->p[7] ^ m->p[3]) == 'p';
 		}
 		queue_clear(&cl.q, 0), queue_clear(&up.q, 0);
-		dirty = NULL;
+		dirty = dirty_tail = NULL;
+	ndirty = 0;
 		if (!ok) {
 			printf("FAIL - decoder split at %zu step %zu\n", cut, step);
 			break;
@@ -8150,7 +8218,8 @@ test_decoder_client(void)
 		code = ws_feed(&c, buf, n);
 		check(code == t[i].code, t[i].what);
 		queue_clear(&c.q, 0);
-		dirty = NULL;
+		dirty = dirty_tail = NULL;
+	ndirty = 0;
 	}
 	/* Unmasked from a client; masked 64-bit length with the top bit. */
 	memset(&c, 0, sizeof c);

@@ -898,6 +898,86 @@ def t_us_fresh_masks_and_keys():
     check(f.key not in masks, "mask key %s reused on the second connection" % f.key.hex())
 
 
+@test
+def t_fo_hundreds_of_clients_while_flooded():
+    # 600 clients: more than one flush slice (256), so wsfwd reads its
+    # upstream again partway through writing to them and flushes leftover
+    # clients a turn later.  The origin sends in bursts while 150 clients
+    # reset their connections midway (dead conns on the flush list).  Every
+    # surviving client must get every message, in order, once.
+    up = FakeUpstream()
+    w = start_server("/b=" + up.url("/up"), stdin=False)
+    first = client(w, "/b")
+    u = up.accept_ws("/up")
+    clients = [first] + [WS.open(w.port, "/b") for _ in range(599)]
+    w.wait_log("connected to " + up.url("/up"))
+    msgs = [b"%06d " % i + os.urandom(96).hex().encode() for i in range(400)]
+    for i, m in enumerate(msgs):
+        u.send_raw(encode_frame(OP_TEXT, m, mask=False))
+        if i == 150:
+            for ws in clients[100:250]:
+                ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                ws.sock.close()
+        time.sleep(0.0003)
+    survivors = clients[:100] + clients[250:]
+    for n, ws in enumerate(survivors):
+        got = read_msgs(ws, len(msgs), timeout=10)
+        for i, f in enumerate(got):
+            if (f.opcode, f.payload) != (OP_TEXT, msgs[i]):
+                fail("client %d message %d: got %r, want %s" % (n, i, f, short(msgs[i])))
+    for ws in survivors[::50]:
+        ws.ping_pong()
+
+
+@test
+def t_fo_timeouts_while_flowing():
+    # 600 clients that never answer pings (--ping 1) while the origin sends
+    # a message every ~0.5 ms: they all time out at once, some of them while
+    # waiting on the flush list from one turn to the next.  wsfwd must free
+    # them safely (the ASan build checks) and serve a new client.
+    import threading
+    up = FakeUpstream()
+    w = start_server("--ping", "1", "/b=" + up.url("/up"), stdin=False)
+    clients = [client(w, "/b")]
+    u = up.accept_ws("/up")
+    clients += [WS.open(w.port, "/b") for _ in range(599)]
+    stop = time.monotonic() + 4
+
+    def origin():
+        i = 0
+        while time.monotonic() < stop:
+            try:
+                u.send_raw(encode_frame(OP_TEXT, b"m%d" % i, mask=False))
+                u.sock.settimeout(0)
+                while True:             # answer wsfwd's pings
+                    f = u.parse_frame() if u.buf else None
+                    if f is None:
+                        try:
+                            u.buf += u.sock.recv(65536)
+                        except (BlockingIOError, socket.timeout):
+                            break
+                        continue
+                    if f.opcode == OP_PING:
+                        u.send_frame(OP_PONG, f.payload)
+                u.sock.settimeout(None)
+            except OSError:
+                return
+            i += 1
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=origin)
+    t.start()
+    w.wait_log("ping timeout", timeout=6)
+    deadline = time.monotonic() + 6
+    while w.log().count("ping timeout") < 600 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    eq(w.log().count("ping timeout"), 600, "clients dropped for ping timeout")
+    late = client(w, "/b")
+    f = late.recv_frame()
+    check(f.opcode == OP_TEXT and f.payload.startswith(b"m"), "a late client gets messages: %r" % (f,))
+    t.join(6)
+
+
 # ---------------------------------------------------------------- slow client
 
 @test
