@@ -13,11 +13,20 @@ measures for BENCH_SECONDS while this script samples the relay's CPU time
 send-type system calls with `perf stat` tracepoints when perf can.  Then it
 prints one table: scenario, metric, wsfwd, node, ratio (wsfwd / node).
 
+Before the scenarios, bench/floor measures what one send() on a loopback TCP
+socket costs on this machine, with the relay's and the load tool's CPUs, at
+the socket counts and write sizes the scenarios have; each scenario's "CPU us
+/ send" is then divided by the floor at its client count and its average
+bytes per send.
+
 Environment:
   BENCH_SECONDS   measured window per scenario (default 10)
   BENCH_WARMUP    warm-up before it (default 2; 1 when BENCH_SECONDS < 5)
   BENCH_ONLY      comma-separated scenarios to run (A,B,C,D,E,F,Fctl,flood,
-                  Z; F brings Fctl, Z brings Zp and Zmax; "deflate" = Z)
+                  Z; F brings Fctl, Z brings Zp and Zmax; "deflate" = Z;
+                  "floor" = the send() floor alone, nothing else)
+  BENCH_FLOOR_SECONDS  bench/floor's measured window per point (default
+                  1.5, after 0.5 s of warm-up; 0: no floor)
   BENCH_RELAYS    comma-separated relays (default wsfwd,node)
   BENCH_MAX_QUEUE wsfwd --max-queue (default 1M, wsfwd's own default)
   BENCH_OUT       where logs and raw results go (default bench/out)
@@ -27,6 +36,7 @@ Environment:
 
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -41,6 +51,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOAD = os.path.join(ROOT, "bench", "load")
+FLOOR = os.path.join(ROOT, "bench", "floor")
 WSFWD = os.environ.get("BENCH_WSFWD") or os.path.join(ROOT, "wsfwd")
 NODE_FWD = os.path.join(ROOT, "bench", "node", "forwarder.js")
 
@@ -49,6 +60,8 @@ WARMUP = float(os.environ.get("BENCH_WARMUP", "2" if SECONDS >= 5 else "1"))
 MAX_QUEUE = os.environ.get("BENCH_MAX_QUEUE", "1M")
 OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench", "out"))
 RELAYS = os.environ.get("BENCH_RELAYS", "wsfwd,node").split(",")
+FLOOR_SECONDS = float(os.environ.get("BENCH_FLOOR_SECONDS", "1.5"))
+FLOOR_WARMUP = 0.5
 RELAY_CPU, LOAD_CPU = "0", "1"
 PATH = "/feed"
 
@@ -57,6 +70,8 @@ NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 MANY = max(100, min(10000, NOFILE - 200))
 
 SEND_EVENTS = ["sendmsg", "sendto", "sendmmsg", "write", "writev"]
+# scenarios with a "CPU us / send" row, so a floor to compare it with
+FLOOR_SCENARIOS = ("A", "B", "C", "E", "F", "Fctl", "flood")
 JSON_SIZE = 32768       # Z: ~190 tickers, like a !miniTicker@arr message
 
 
@@ -210,9 +225,100 @@ def load_has_zlib():
     return "zlib: yes" in r.stdout
 
 
+# ------------------------------------------------------------ send floor
+
+def floor_points():
+    """(sockets, bytes) where bench/floor measures: the scenarios' client
+    counts, at their message size and larger (a relay hands several queued
+    messages to one send: in A and E, ~128 KiB of them)."""
+    pts = [(100, 100), (100, 1024), (100, 131072), (1000, 100), (1000, 1024),
+           (5000, 256), (5000, 1024), (10, 65536), (10, 131072)]
+    if MANY not in (100, 1000, 5000):
+        pts += [(MANY, 100), (MANY, 1024)]         # D and flood
+    return pts
+
+
+def floor_clients(sc):
+    """The sockets a scenario's relay sends to."""
+    return sc["n"] + sc.get("stalled", 0)
+
+
+def nearest(values, v):
+    """The value nearest v on a log scale: counts and sizes span decades."""
+    return min(values, key=lambda x: (abs(math.log(x / v)), x))
+
+
+def floor_pick(floors, sockets, nbytes):
+    """The floor measured at the count nearest sockets and, of that count's,
+    at the size nearest nbytes."""
+    ok = [f for f in floors if f.get("us_per_send")]
+    if not ok or not sockets or not nbytes:
+        return None
+    n = nearest({f["sockets"] for f in ok}, sockets)
+    at = [f for f in ok if f["sockets"] == n]
+    b = nearest({f["bytes"] for f in at}, nbytes)
+    return [f for f in at if f["bytes"] == b][0]
+
+
+def run_floor(points, perf_ok):
+    """bench/floor at each point, with the relay's and the load tool's
+    CPUs: its sender's CPU time per send() is the floor.  Under the same
+    perf stat tracepoints as the relays when they are counted: enabled,
+    they add ~10 % to a send(), to the floor as to the relays."""
+    res = []
+    for n, size in points:
+        cmd = [FLOOR, "-n", str(n), "-s", str(size),
+               "-t", "%g" % FLOOR_SECONDS, "-w", "%g" % FLOOR_WARMUP,
+               "-c", RELAY_CPU, "-C", LOAD_CPU]
+        if perf_ok:
+            cmd = ["taskset", "-c", LOAD_CPU, "perf", "stat", "-x,", "-o",
+                   os.devnull, "-e", ",".join("syscalls:sys_enter_" + e
+                                              for e in SEND_EVENTS),
+                   "--"] + cmd
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True,
+                               timeout=FLOOR_SECONDS + FLOOR_WARMUP + 60)
+            out, err = r.stdout, r.stderr
+        except (OSError, subprocess.TimeoutExpired) as e:
+            out, err = "", "floor: %s" % e
+        d = {}
+        for line in reversed(out.strip().splitlines()):
+            try:
+                d = json.loads(line)
+                break
+            except ValueError:
+                pass
+        if not d:
+            d = dict(sockets=n, bytes=size)
+        d["notes"] = [l.strip() for l in err.splitlines() if l.strip()]
+        d["cmd"] = " ".join(cmd)
+        res.append(d)
+        time.sleep(0.2)
+    return res
+
+
+def floor_table(floors):
+    hdr = ("sockets", "bytes", "us / send", "sends/s", "EAGAIN")
+    body = [(fmt(f["sockets"], "int"), fmt(f["bytes"], "int"),
+             fmt(f.get("us_per_send"), "f2"),
+             fmt(f.get("sends_per_s"), "int"),
+             fmt(f.get("eagain"), "int")) for f in floors]
+    w = [max(len(r[i]) for r in body + [hdr]) for i in range(len(hdr))]
+    lines = ["  " + " | ".join(h.rjust(w[i]) for i, h in enumerate(hdr)),
+             "  " + "-+-".join("-" * x for x in w)]
+    for row in body:
+        lines.append("  " + " | ".join(v.rjust(w[i])
+                                        for i, v in enumerate(row)))
+    for f in floors:
+        for note in f["notes"]:
+            lines.append("  note (%d x %d B): %s" % (f["sockets"], f["bytes"],
+                                                    note))
+    return "\n".join(lines)
+
+
 # -------------------------------------------------------------- one run
 
-def run_one(relay, sc, perf_ok):
+def run_one(relay, sc, perf_ok, floors=()):
     src_port, port = free_port(), free_port()
     tag = "%s-%s" % (sc["name"], relay)
     os.makedirs(OUT, exist_ok=True)
@@ -350,6 +456,20 @@ def run_one(relay, sc, perf_ok):
         # both over the measured window (perf's is its own `sleep`)
         res["cpu_us_send"] = (e["cpu"] - m["cpu"]) / 1e3 / res["sends"] * \
             res["perf_s"] / max(e["t"] - m["t"], 1e-9)
+    # the floor at this client count and (delivered wire bytes / sends)
+    hdr = 2 if sc["size"] < 126 else 4 if sc["size"] < 65536 else 10
+    nbytes = sc["size"] + hdr
+    if kv.get("msgs_s") and kv.get("bytes_s") and res.get("sends"):
+        pay = kv["bytes_s"] / kv["msgs_s"]
+        hdr = 2 if pay < 126 else 4 if pay < 65536 else 10
+        nbytes = res["bytes_send"] = (kv["bytes_s"] + hdr * kv["msgs_s"]) * \
+            res["perf_s"] / res["sends"]
+    f = floor_pick(floors, floor_clients(sc), nbytes)
+    if f:
+        res["floor"] = dict((k, f[k]) for k in ("sockets", "bytes",
+                                                "us_per_send"))
+        if res.get("cpu_us_send"):
+            res["cpu_send_floor"] = res["cpu_us_send"] / f["us_per_send"]
     before = snaps.get("connecting", {}).get("rss")
     after = (snaps.get("end") or {}).get("rss")
     nconn = kv.get("connected", 0) + kv.get("stalled_connected", 0)
@@ -412,8 +532,23 @@ def metrics_for(name, r, runs):
         rows.append(("relay CPU %", r.get("cpu_pct"), "f1"))
         rows.append(("CPU ns / delivered msg", r.get("cpu_ns_msg"), "int"))
         rows.append(("sends / delivered msg", r.get("sends_msg"), "f3"))
-        rows.append(("CPU us / send (floor ~3.3)", r.get("cpu_us_send"),
-                     "f2"))
+        rows.append(("CPU us / send", r.get("cpu_us_send"), "f2"))
+        fl = r.get("floor")
+        rows.append(("CPU per send / floor", r.get("cpu_send_floor"), "f2"))
+        rows.append(("floor us at sockets x B (B / send)",
+                     "%.2f at %d x %d (%s)" % (
+                         fl["us_per_send"], fl["sockets"], fl["bytes"],
+                         fmt(r.get("bytes_send"), "int"))
+                     if fl else None, None))
+        bps = r.get("bytes_send")
+        if fl and bps and max(bps, fl["bytes"]) > 4096 and \
+                max(bps, fl["bytes"]) / min(bps, fl["bytes"]) > 1.5:
+            # below a few KiB a send costs the same whatever its size
+            rows.append(("NOTE", "the nearest floor was measured with %s-"
+                         "byte sends, the relay's averaged %s bytes: the "
+                         "floor ratio is rough" % (
+                             fmt(fl["bytes"], "int"), fmt(bps, "int")),
+                         None))
         rows.append(("RSS KiB / client", r.get("rss_client_kib"), "f1"))
 
     connected = ("connected (of %d)" % n, kv.get("connected"), "int")
@@ -683,6 +818,7 @@ def self_ceiling():
 def main():
     scs = scenarios()
     only = os.environ.get("BENCH_ONLY")
+    want = set()
     if only:
         want = set(only.split(","))
         if "deflate" in want:
@@ -692,12 +828,21 @@ def main():
         if "Z" in want:
             want |= {"Zp", "Zmax"}
         scs = [s for s in scs if s["name"] in want]
+    # the floor where the scenarios will want it (all of it when asked for)
+    points = floor_points()
+    if only and "floor" not in want:
+        counts = {p[0] for p in points}
+        need = {nearest(counts, floor_clients(sc)) for sc in scs
+                if sc["name"] in FLOOR_SCENARIOS}
+        points = [p for p in points if p[0] in need]
+    if FLOOR_SECONDS <= 0:
+        points = []
     if any(s.get("deflate") for s in scs) and not load_has_zlib():
         print("bench: bench/load was built without zlib (no zlib.h: "
               "apt-get install zlib1g-dev); skipping %s" % ", ".join(
                   s["name"] for s in scs if s.get("json")))
         scs = [s for s in scs if not s.get("json")]
-        if not scs:
+        if not scs and not points:
             return 1
     perf_ok, why = perf_works()
     started = datetime.datetime.now().astimezone()
@@ -731,6 +876,31 @@ def main():
     sys.stdout.flush()
     runs = {}
     t0 = time.time()
+    floors = []
+    if points and not os.access(FLOOR, os.X_OK):
+        print("send floor: skipped (no bench/floor: make -C bench floor, "
+              "or run bench/run.sh)")
+    elif points:
+        print("send floor (bench/floor: send() of BYTES to each of SOCKETS "
+              "loopback TCP sockets in turn, sender on CPU %s, reader on "
+              "CPU %s; sender's CPU time / sends over %gs after %gs%s, "
+              "~%.0f s) ..." % (RELAY_CPU, LOAD_CPU, FLOOR_SECONDS,
+                        FLOOR_WARMUP, ", under the same perf stat" if perf_ok
+                        else "",
+                        len(points) * (FLOOR_SECONDS + FLOOR_WARMUP + 0.5)),
+              flush=True)
+        floors = run_floor(points, perf_ok)
+        print(floor_table(floors))
+        os.makedirs(OUT, exist_ok=True)
+        with open(os.path.join(OUT, "floor.json"), "w") as f:
+            json.dump(floors, f, indent=1)
+        sys.stdout.flush()
+    if not scs:
+        print("total %.0f s%s" % (time.time() - t0, "; floor results in %s"
+                                  % os.path.relpath(os.path.join(
+                                      OUT, "floor.json"), ROOT)
+                                  if floors else ""))
+        return 0
     ceil = self_ceiling()
     for k, what in (("both", "source and sink in one process on one core"),
                     ("sink", "sink alone on its core, source on the other")):
@@ -748,7 +918,7 @@ def main():
             print("  running %-5s %-5s: %s ..." % (sc["name"], relay,
                                                    sc["what"]),
                   end="", flush=True)
-            r = run_one(relay, sc, perf_ok)
+            r = run_one(relay, sc, perf_ok, floors)
             runs[(sc["name"], relay)] = r
             kv = r.get("load", {})
             print(" %s msgs/s, %s connected%s" % (

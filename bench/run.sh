@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # bench/run.sh - wsfwd against the Node.js forwarder it replaces (issue 4).
-# `make bench` calls it.  It builds what it needs (wsfwd, bench/load, the
-# forwarder's `ws` from npm), raises the descriptor limit, and runs
-# bench/run.py, which runs every scenario against both relays and prints one
-# table.  It takes a few minutes; BENCH_SECONDS=3 makes it shorter (see
-# bench/run.py for the other knobs).
+# `make bench` calls it.  It builds what it needs (wsfwd, bench/load,
+# bench/floor, the forwarder's `ws` from npm), raises the descriptor limit,
+# and runs bench/run.py, which measures the send() floor, runs every scenario
+# against both relays and prints one table.  It takes a few minutes;
+# BENCH_SECONDS=3 makes it shorter (see bench/run.py for the other knobs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +32,8 @@ else
 	    "bench/load built without --deflate; scenarios Z, Zp, Zmax skipped" >&2
 	${CC:-cc} -O2 -o bench/load bench/load.c
 fi
+# bench/floor: what one send() costs here, the relays' floor
+${CC:-cc} -O2 -Wall -Wextra -std=c99 -D_GNU_SOURCE -o bench/floor bench/floor.c
 if [ ! -f bench/node/node_modules/ws/package.json ]; then
 	(cd bench/node && npm install --no-audit --no-fund --loglevel=error)
 fi
