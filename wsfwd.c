@@ -1585,8 +1585,9 @@ inflate_codes(struct inflate_run *s)
 				memcpy(d + k, from + k, 8);
 		} else if (dist == 1)
 			memset(d, *from, len);
-		else
+		else	/* dist <= o: every byte from reads is written */
 			while (len-- > 0)
+				/* NOLINTNEXTLINE(clang-analyzer-core.uninitialized.Assign) */
 				*d++ = *from++;
 	}
 	if ((e & HE_KIND) != HE_EOB)
@@ -4173,7 +4174,7 @@ conn_timers(struct conn *c)
 static void
 conn_reap(void)
 {
-	struct conn **pp, *c;
+	struct conn *c, *prev = NULL, *next;
 	size_t i, j;
 
 	for (i = 0; i < nconns && conns[i]->state != CONN_DEAD; i++)
@@ -4181,15 +4182,19 @@ conn_reap(void)
 	if (i == nconns)
 		return;
 	/* The dead leave the flush list first: it outlives a turn. */
-	for (pp = &dirty, dirty_tail = NULL; (c = *pp) != NULL; ) {
-		if (c->state == CONN_DEAD) {
-			*pp = c->dnext;
-			ndirty--;
-		} else {
-			dirty_tail = c;
-			pp = &c->dnext;
+	for (c = dirty; c != NULL; c = next) {
+		next = c->dnext;
+		if (c->state != CONN_DEAD) {
+			prev = c;
+			continue;
 		}
+		if (prev != NULL)
+			prev->dnext = next;
+		else
+			dirty = next;
+		ndirty--;
 	}
+	dirty_tail = prev;
 	for (j = i; i < nconns; i++) {
 		if (conns[i]->state == CONN_DEAD)
 			free(conns[i]);
@@ -4611,6 +4616,8 @@ client_head(struct conn *c, char *h, size_t end, unsigned char *rest,
 			tunnel_stash(c, rest, n);
 		return;
 	}
+	/* 101 comes with the key. */
+	/* NOLINTNEXTLINE(clang-analyzer-core.NonNullParamChecker) */
 	ws_accept_key(accept, key, strlen(key));
 	client_join(c, accept, NULL);
 	if (c->state == CONN_OPEN && n > 0 && (code = ws_feed(c, rest, n)))
