@@ -23,6 +23,9 @@
  *           first 64 bytes of a compressed message (for the sequence number
  *           and timestamp), except client 0, which inflates every message
  *           whole and checks its length (needs zlib: -DWITH_ZLIB -lz).
+ *           Every message is counted, its sequence number checked and its
+ *           latency histogrammed; the source's own frames go through a
+ *           header walk (sink_scan()) that does this for a few ns each.
  *   both    the two in one process; without -u the sink connects straight to
  *           the source (the self-ceiling test).
  *
@@ -62,6 +65,8 @@
 					   backlog is below this */
 #define HS_MAX		8192		/* largest handshake head */
 #define MAX_EVENTS	4096
+#define DATA_SLICE	64		/* open sinks read per round while
+					   connects/handshakes are in flight */
 #define PFX		64		/* message bytes kept for seq/stamp */
 #define JSON_VARIANTS	16		/* --json: distinct payloads */
 
@@ -312,7 +317,7 @@ static int	 deflate_offer;	/* sink: offer permessage-deflate */
 
 /* ---------------------------------------------------------- connections */
 
-enum { R_LISTEN, R_SRC, R_SINK };
+enum { R_LISTEN, R_SRC, R_SINK, R_DATA };
 enum { S_CONNECTING, S_HANDSHAKE, S_OPEN, S_DEAD };
 
 struct fparse {
@@ -338,6 +343,7 @@ struct conn {
 	int		 fd;
 	unsigned char	 role, state, stalled, closing;
 	unsigned char	 epout;		/* EPOLLOUT armed */
+	unsigned char	 indata;	/* in ep_data (an open sink), not ep */
 	unsigned char	 seen;		/* sink: a sequence number seen */
 	uint32_t	 events;	/* current epoll mask */
 	long		 idx;		/* in src_clients[] */
@@ -353,7 +359,16 @@ struct conn {
 	struct fparse	 fp;
 };
 
-static int		 ep;
+/*
+ * Two epoll sets.  ep holds the listener, the source's clients and the
+ * sink's connects and handshakes, and ep_data; ep_data holds the sink's open
+ * connections (the data).  Each round takes all of ep's events, then at most
+ * DATA_SLICE of ep_data's while connects or handshakes are in flight, so that
+ * a flood read by thousands of open clients cannot bury them (one epoll set
+ * returns its ready list in order: a handshake's reply would wait behind
+ * every flooded client, a 256 KiB read each).
+ */
+static int		 ep, ep_data;
 static unsigned char	 rbuf[RBUF_SIZE];
 static volatile sig_atomic_t stop;
 static uint64_t		 now;
@@ -376,6 +391,7 @@ static long		 stalled_open, stalled_dropped;
 static int		 first_err;
 static long		 hs_eof, hs_reset, hs_bad;	/* handshake failures */
 static uint64_t		 msgs, bytes, gaps, gaps_win, dups, nostamp;
+static uint64_t		 reads;		/* sink reads with data (window) */
 static uint64_t		 ctl_pings;
 static long		 deflate_clients;	/* sink: agreed */
 static uint64_t		 zmsgs, zerr, rsv_bad;	/* compressed msgs (window) */
@@ -394,7 +410,7 @@ ep_set(struct conn *c, uint32_t ev)
 		return;
 	e.events = ev;
 	e.data.ptr = c;
-	if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &e) < 0)
+	if (epoll_ctl(c->indata ? ep_data : ep, EPOLL_CTL_MOD, c->fd, &e) < 0)
 		die("epoll_ctl: %s", strerror(errno));
 	c->events = ev;
 }
@@ -406,7 +422,7 @@ ep_add(struct conn *c, uint32_t ev)
 
 	e.events = ev;
 	e.data.ptr = c;
-	if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &e) < 0)
+	if (epoll_ctl(c->indata ? ep_data : ep, EPOLL_CTL_ADD, c->fd, &e) < 0)
 		die("epoll_ctl: %s", strerror(errno));
 	c->events = ev;
 }
@@ -564,7 +580,7 @@ conn_close(struct conn *c)
 	}
 	if (c->role == R_SRC)
 		src_remove(c);
-	epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+	epoll_ctl(c->indata ? ep_data : ep, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	c->fd = -1;
 	c->state = S_DEAD;
@@ -888,6 +904,117 @@ header_len(const unsigned char *h)
 	    (h[1] & 0x80 ? 4 : 0);
 }
 
+/*
+ * The latency of m messages in a row, their stamps at s, s + step, ...:
+ * equal stamps are neighbours (the source stamps a whole batch with one
+ * time, batches in sequence order, and the caller has just checked the
+ * sequence numbers), so each run of equal stamps is found by galloping,
+ * then halving: O(log run length) loads per run instead of one per message,
+ * and every message still counts once in the histogram (see run_flush()).
+ */
+static void
+lat_runs(const unsigned char *s, size_t step, uint64_t m)
+{
+	uint64_t i = 0, d, lo, hi, mid, ts;
+
+	while (i < m) {
+		ts = get64le(s + i * step);
+		for (d = 1; i + d < m && get64le(s + (i + d) * step) == ts;
+		    d *= 2)
+			;
+		/* [i, i + d/2] hold ts; i + d does not, or is m */
+		lo = i + d / 2 + 1;
+		hi = i + d < m ? i + d : m;
+		while (lo < hi) {
+			mid = lo + (hi - lo) / 2;
+			if (get64le(s + mid * step) == ts)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (ts != run_ts) {
+			run_flush();
+			run_ts = ts;
+		}
+		run_n += lo - i;
+		i = lo;
+	}
+}
+
+/*
+ * The sink's fast path, over what one read brought: the whole binary frames
+ * the source sends (FIN, opcode 2, no RSV bit, unmasked, a payload of 16
+ * bytes or more) whose sequence numbers go on from c->expect one by one.
+ * Per frame it compares the header with the previous one's and the
+ * sequence number with the expected one, and skips the rest by the payload
+ * length: no call, no copy, and the next frame's address never waits for a
+ * load (a chain of header loads through a 256 KiB buffer costs an L2
+ * latency per frame).  Every sequence number is checked, so a lost,
+ * repeated or reordered message is caught exactly as before; stamps are
+ * read per run of equal ones (lat_runs()).  It stops before the first frame
+ * that is anything else: incomplete (the tail of the read), of another kind
+ * (text, compressed, control) or out of sequence; the general parser takes
+ * that one (and counts the gap or duplicate), then this goes on.  Returns
+ * the bytes it consumed.
+ */
+static size_t
+sink_scan(struct conn *c, const unsigned char *buf, size_t n)
+{
+	const unsigned char *p = buf, *end = buf + n, *q;
+	uint64_t expect = c->expect, plen, m, h, hmask;
+	size_t hl, step;
+	unsigned len7;
+
+	while ((size_t)(end - p) >= 2 + 16) {
+		if (p[0] != 0x82)
+			break;
+		len7 = p[1];
+		if (len7 < 126) {
+			hl = 2;
+			plen = len7;
+			hmask = 0xffff;
+		} else if (len7 == 126) {
+			hl = 4;
+			plen = (uint64_t)p[2] << 8 | p[3];
+			hmask = 0xffffffff;
+		} else if (len7 == 127 && (size_t)(end - p) >= 10 + 16) {
+			hl = 10;
+			plen = (uint64_t)p[2] << 56 | (uint64_t)p[3] << 48 |
+			    (uint64_t)p[4] << 40 | (uint64_t)p[5] << 32 |
+			    (uint64_t)p[6] << 24 | (uint64_t)p[7] << 16 |
+			    (uint64_t)p[8] << 8 | p[9];
+			hmask = ~(uint64_t)0;
+		} else
+			break;		/* masked: not from a server */
+		if (plen < 16 || plen > (uint64_t)(end - p) - hl)
+			break;
+		step = hl + (size_t)plen;
+		h = get64le(p) & hmask;	/* step >= 18: inside the frame */
+		/* this frame and the next ones with the same header */
+		q = p;
+		m = 0;
+		do {
+			if (get64le(p + hl) != expect)
+				break;
+			expect++;
+			m++;
+			p += step;
+		} while ((size_t)(end - p) >= step &&
+		    (get64le(p) & hmask) == h &&
+		    (hl < 10 || (p[8] == (unsigned char)(plen >> 8) &&
+		    p[9] == (unsigned char)plen)));
+		if (m == 0)
+			break;		/* out of sequence */
+		if (measuring) {
+			msgs += m;
+			bytes += m * plen;
+			lat_runs(q + hl + 8, step, m);
+		}
+	}
+	c->expect = expect;
+	return (size_t)(p - buf);
+}
+
 /* Feed received bytes to the frame parser. */
 static void
 feed(struct conn *c, const unsigned char *p, size_t n)
@@ -897,6 +1024,13 @@ feed(struct conn *c, const unsigned char *p, size_t n)
 	uint64_t plen;
 
 	while (n > 0 && c->state != S_DEAD) {
+		if (c->role == R_SINK && c->seen && !f->inpay &&
+		    f->hlen == 0 && !f->msgop) {
+			k = sink_scan(c, p, n);
+			p += k, n -= k;
+			if (n == 0)
+				break;
+		}
 		if (f->inpay) {
 			k = f->left < n ? (size_t)f->left : n;
 			frame_payload(c, p, k);
@@ -1364,6 +1498,11 @@ have_head:
 		else
 			connected++;
 		t_last_conn = now;
+		/* from now on its events come from ep_data */
+		if (epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL) < 0)
+			die("epoll_ctl: %s", strerror(errno));
+		c->indata = 1;
+		ep_add(c, want_events(c));
 	}
 	if (rest > 0) {
 		/* p may point into c->hs: parse before freeing it */
@@ -1399,9 +1538,31 @@ on_readable(struct conn *c)
 	}
 	if (c->state == S_HANDSHAKE)
 		on_handshake_bytes(c, rbuf, (size_t)n);
-	else if (c->state == S_OPEN)
+	else if (c->state == S_OPEN) {
+		if (measuring && c->role == R_SINK)
+			reads++;
 		feed(c, rbuf, (size_t)n);
+	}
 	run_flush();
+}
+
+/* One epoll event of a connection (not the listener). */
+static void
+on_event(struct conn *c, uint32_t ev)
+{
+	if (c->state == S_DEAD)
+		return;
+	if (c->state == S_CONNECTING) {
+		if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+			sink_connected(c);
+		return;
+	}
+	if (ev & EPOLLOUT)
+		conn_flush(c);
+	if (c->state == S_DEAD)
+		return;
+	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
+		on_readable(c);
 }
 
 static void
@@ -1537,14 +1698,14 @@ main(int argc, char **argv)
 	struct epoll_event *evs;
 	struct rlimit rl;
 	struct sigaction sa;
-	int o, lfd = -1, k, i, more = 0, timeout, pass;
+	int o, lfd = -1, k, i, more = 0, timeout, data;
 	uint64_t t_iter, loop_n = 0, loop_sum = 0, loop_max = 0;
 	enum { P_WAIT, P_CONNECT, P_WARM, P_MEASURE, P_DRAIN } phase = P_WAIT;
 	uint64_t t0, t_start = 0, t_warm = 0, t_meas = 0, t_end = 0;
 	uint64_t t_drain = 0, src_msgs0 = 0;
 	double cpu0 = 0, cpu_win = 0, win_s = 0, connect_ms = -1;
 	long connected_at = 0, stalled_at = 0, next;
-	struct conn lconn;
+	struct conn lconn, dconn;
 
 	if (argc < 2) {
 		usage();
@@ -1634,8 +1795,13 @@ main(int argc, char **argv)
 	    rng_s == 0)
 		rng_s = mono_ns() | 1;
 
-	if ((ep = epoll_create1(EPOLL_CLOEXEC)) < 0)
+	if ((ep = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+	    (ep_data = epoll_create1(EPOLL_CLOEXEC)) < 0)
 		die("epoll_create1: %s", strerror(errno));
+	memset(&dconn, 0, sizeof dconn);
+	dconn.fd = ep_data;
+	dconn.role = R_DATA;
+	ep_add(&dconn, EPOLLIN);	/* ep_data is readable: data is */
 	if ((evs = calloc(MAX_EVENTS, sizeof *evs)) == NULL)
 		die("out of memory");
 	now = t0 = mono_ns();
@@ -1682,32 +1848,27 @@ main(int argc, char **argv)
 			die("epoll_wait: %s", strerror(errno));
 		now = mono_ns();
 		t_iter = now;
-		/* connects and handshakes first, then the data of open ones */
-		for (pass = 0; pass < 2; pass++)
+		/* ep: accepts, the source's clients, connects, handshakes */
+		data = 0;
 		for (i = 0; i < k; i++) {
 			struct conn *c = evs[i].data.ptr;
-			uint32_t ev = evs[i].events;
 
-			if (c->role == R_LISTEN) {
-				if (pass == 0)
-					on_accept(c->fd);
-				continue;
-			}
-			if (c->state == S_DEAD ||
-			    (c->state == S_OPEN) != (pass == 1))
-				continue;
-			if (c->state == S_CONNECTING) {
-				if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))
-					sink_connected(c);
-				continue;
-			}
-			if (ev & EPOLLOUT)
-				conn_flush(c);
-			if (c->state == S_DEAD)
-				continue;
-			if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
-				on_readable(c);
+			if (c->role == R_LISTEN)
+				on_accept(c->fd);
+			else if (c->role == R_DATA)
+				data = 1;
+			else
+				on_event(c, evs[i].events);
 		}
+		/* ep_data: the open sinks; a slice of them while others wait
+		   for their connects or handshakes (the rest stay ready, and
+		   epoll hands them out in turn, round-robin) */
+		k = data ? epoll_wait(ep_data, evs, inflight > 0 ? DATA_SLICE :
+		    MAX_EVENTS, 0) : 0;
+		if (k < 0 && errno != EINTR)
+			die("epoll_wait: %s", strerror(errno));
+		for (i = 0; i < k; i++)
+			on_event(evs[i].data.ptr, evs[i].events);
 		if (measuring) {
 			uint64_t d;
 
@@ -1778,7 +1939,7 @@ main(int argc, char **argv)
 				break;
 			memset(hist, 0, sizeof hist);
 			hist_n = hist_max_ns = 0;
-			msgs = bytes = gaps_win = 0;
+			msgs = bytes = gaps_win = reads = 0;
 			measuring = 1;
 			cpu0 = cpu_s();
 			src_msgs0 = src_msgs;
@@ -1841,6 +2002,7 @@ main(int argc, char **argv)
 	    "window_s=%.3f msgs=%llu msgs_s=%.0f "
 	    "bytes_s=%.0f gaps=%llu gaps_win=%llu dups=%llu nostamp=%llu "
 	    "p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f "
+	    "latency_samples=%llu reads=%llu "
 	    "closed=%ld stalled_dropped=%ld pings=%llu "
 	    "deflate_clients=%ld zmsgs=%llu zerr=%llu rsv_bad=%llu "
 	    "zfull_msgs=%llu zfull_bad=%llu zfull_avg=%.0f "
@@ -1855,6 +2017,7 @@ main(int argc, char **argv)
 	    (unsigned long long)gaps_win, (unsigned long long)dups,
 	    (unsigned long long)nostamp, hist_pct(0.50), hist_pct(0.99),
 	    hist_pct(0.999), hist_n ? hist_max_ns / 1e6 : -1.0,
+	    (unsigned long long)hist_n, (unsigned long long)reads,
 	    closed_normal, stalled_dropped, (unsigned long long)ctl_pings,
 	    deflate_clients, (unsigned long long)zmsgs,
 	    (unsigned long long)zerr, (unsigned long long)rsv_bad,
