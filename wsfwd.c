@@ -484,6 +484,7 @@ static void	 conn_readable(struct conn *);
 static void	 conn_reap(void);
 static void	 conn_send_close(struct conn *, unsigned, int);
 static void	 conn_send_ctl(struct conn *, int, const void *, size_t);
+static int	 conn_send_head(struct conn *, const char *, size_t);
 static int64_t	 conn_timers(struct conn *);
 static void	 deflate_align(struct deflate *);
 static void	 deflate_block(struct deflate *);
@@ -3835,6 +3836,27 @@ conn_queue(struct conn *c, struct msg *m, int urgent)
 	return 0;
 }
 
+/*
+ * Send an HTTP head at once, queueing only what the socket does not take:
+ * a client that is never sent a message never needs a queue array.
+ */
+static int
+conn_send_head(struct conn *c, const char *p, size_t n)
+{
+	ssize_t k = 0;
+
+	if (c->q.n == 0 && c->tls == NULL) {
+		do
+			k = send(c->fd, p, n, MSG_NOSIGNAL);
+		while (k < 0 && errno == EINTR);
+		if (k < 0)
+			k = 0;	/* the flush will meet the error, or the room */
+		if ((size_t)k == n)
+			return 0;
+	}
+	return conn_queue(c, msg_raw(p + k, n - (size_t)k), 1);
+}
+
 static void
 conn_send_ctl(struct conn *c, int op, const void *p, size_t n)
 {
@@ -4568,7 +4590,7 @@ client_join(struct conn *c, const char *accept, const char *proto)
 		conn_lost(c, "101 head too long");
 		return;
 	}
-	if (conn_queue(c, msg_raw(buf, (size_t)n), 1) < 0)
+	if (conn_send_head(c, buf, (size_t)n) < 0)
 		return;
 	c->state = CONN_OPEN;
 	c->deadline = 0;
