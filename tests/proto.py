@@ -902,15 +902,11 @@ def t_us_fresh_masks_and_keys():
 def t_fo_hundreds_of_clients_while_flooded():
     # 600 clients: more than one flush slice (256), so wsfwd reads its
     # upstream again partway through writing to them and flushes leftover
-    # clients a turn later.  The origin sends in bursts while 150 clients
-    # reset their connections midway (dead conns on the flush list).  Every
-    # surviving client must get every message, in order, once.
-    up = FakeUpstream()
-    w = start_server("/b=" + up.url("/up"), stdin=False)
-    first = client(w, "/b")
-    u = up.accept_ws("/up")
+    # clients a turn later.  The origin sends one message at a time while
+    # 150 clients reset their connections midway (dead conns on the flush
+    # list).  Every surviving client must get every message, in order, once.
+    up, w, first, u = upstream_setup()
     clients = [first] + [WS.open(w.port, "/b") for _ in range(599)]
-    w.wait_log("connected to " + up.url("/up"))
     msgs = [b"%06d " % i + os.urandom(96).hex().encode() for i in range(400)]
     for i, m in enumerate(msgs):
         u.send_raw(encode_frame(OP_TEXT, m, mask=False))
@@ -936,11 +932,8 @@ def t_fo_timeouts_while_flowing():
     # waiting on the flush list from one turn to the next.  wsfwd must free
     # them safely (the ASan build checks) and serve a new client.
     import threading
-    up = FakeUpstream()
-    w = start_server("--ping", "1", "/b=" + up.url("/up"), stdin=False)
-    clients = [client(w, "/b")]
-    u = up.accept_ws("/up")
-    clients += [WS.open(w.port, "/b") for _ in range(599)]
+    up, w, first, u = upstream_setup("--ping", "1")
+    clients = [first] + [WS.open(w.port, "/b") for _ in range(599)]
     stop = time.monotonic() + 4
 
     def origin():
