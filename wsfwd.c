@@ -705,6 +705,7 @@ static struct conn	**conns;	/* every live connection, in poll order */
 static size_t		 nconns, capconns;
 static struct conn	*dirty, *dirty_tail;	/* conns to flush, in order */
 static size_t		 ndirty;
+static unsigned		 nbig;		/* feeds of FLUSH_SLICE clients or more */
 static unsigned		 turn;		/* loop iterations */
 static unsigned		 nclients_open;	/* upgraded clients, all routes */
 static unsigned		 nclient_conns;	/* client sockets, any state */
@@ -4261,7 +4262,7 @@ sources_read(void)
 	struct route *r;
 	struct conn *c;
 
-	for (r = feeds; r != NULL; r = r->lnext) {
+	for (r = feeds; nbig > 0 && r != NULL; r = r->lnext) {
 		if (r->nclients < FLUSH_SLICE || r->up == NULL ||
 		    (c = r->up->c) == NULL || c->state != CONN_OPEN ||
 		    route_behind(r))
@@ -4357,7 +4358,7 @@ client_unlink(struct conn *c)
 	c->next = c->prev = NULL;
 	c->joined = 0;
 	c->route = NULL;
-	r->nclients--;
+	nbig -= r->nclients-- == FLUSH_SLICE;
 	r->nz -= c->deflate;
 	nclients_open--;
 	if (r->tclient == c)
@@ -4602,7 +4603,7 @@ client_join(struct conn *c, const char *accept, const char *proto)
 	if (r->clients != NULL)
 		r->clients->prev = c;
 	r->clients = c;
-	r->nclients++;
+	nbig += ++r->nclients == FLUSH_SLICE;
 	r->nz += c->deflate;
 	nclients_open++;
 	c->joined = 1;
