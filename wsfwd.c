@@ -8192,7 +8192,7 @@ test_decoder_upstream(void)
 		}
 		queue_clear(&cl.q, 0), queue_clear(&up.q, 0);
 		dirty = dirty_tail = NULL;
-	ndirty = 0;
+		ndirty = 0;
 		if (!ok) {
 			printf("FAIL - decoder split at %zu step %zu\n", cut, step);
 			break;
@@ -8249,7 +8249,7 @@ test_decoder_client(void)
 		check(code == t[i].code, t[i].what);
 		queue_clear(&c.q, 0);
 		dirty = dirty_tail = NULL;
-	ndirty = 0;
+		ndirty = 0;
 	}
 	/* Unmasked from a client; masked 64-bit length with the top bit. */
 	memset(&c, 0, sizeof c);
