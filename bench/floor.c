@@ -158,10 +158,12 @@ static void
 usage(void)
 {
 	fputs(
-"usage: floor [-N] [-n SOCKETS] [-s BYTES] [-t SECONDS] [-w SECONDS]\n"
-"             [-c SENDER_CPU] [-C READER_CPU]\n"
+"usage: floor [-N] [-n SOCKETS] [-s BYTES] [-r ROUNDS] [-t SECONDS]\n"
+"             [-w SECONDS] [-c SENDER_CPU] [-C READER_CPU]\n"
 "  -n SOCKETS     loopback TCP connections (default 100)\n"
 "  -s BYTES       bytes per send() (default 100)\n"
+"  -r ROUNDS      rounds (one send to each socket) per second, paced as a\n"
+"                 relay with a paced source is (default: as fast as it can)\n"
 "  -t SECONDS     measured window (default 2)\n"
 "  -w SECONDS     warm-up before it, sending the same way (default 0.5)\n"
 "  -c CPU         the sender's CPU (default 0; -1: not pinned)\n"
@@ -280,17 +282,20 @@ main(int argc, char **argv)
 	unsigned long long sends = 0, eagain = 0, bytes = 0;
 	unsigned long long waits = 0, s0 = 0, e0 = 0, b0 = 0, w0 = 0;
 	struct epoll_event ev, evs[MAX_EVENTS];
-	double now, t0 = 0, t1, end, c0 = 0, c1, cpu, user, sys;
+	double now, t0 = 0, t1, end, c0 = 0, c1, cpu, user, sys, next;
+	long rate = 0;
+	struct timespec ts;
 	int ccpu = 0, rcpu = 1, lfd, ep, o, i, k, measuring = 0;
 	int round_ok = 1;
 	int pfd[2], *fds;
 	rlim_t need;
 	ssize_t r;
 
-	while ((o = getopt(argc, argv, "n:s:t:w:c:C:Nh")) != -1) {
+	while ((o = getopt(argc, argv, "n:s:r:t:w:c:C:Nh")) != -1) {
 		switch (o) {
 		case 'n': nsock = (int)number(optarg, 1, 1000000, "-n"); break;
 		case 's': size = (int)number(optarg, 1, MAX_BYTES, "-s"); break;
+		case 'r': rate = number(optarg, 1, 10000000, "-r"); break;
 		case 't': seconds = seconds_arg(optarg, "-t"); break;
 		case 'w': warmup = seconds_arg(optarg, "-w"); break;
 		case 'c': ccpu = (int)number(optarg, -1, 1 << 20, "-c"); break;
@@ -371,7 +376,7 @@ main(int argc, char **argv)
 	 * Round robin until the end of the warm-up, then for SECONDS.  A
 	 * partial send counts as a send: it was one system call.
 	 */
-	now = clock_s(CLOCK_MONOTONIC);
+	now = next = clock_s(CLOCK_MONOTONIC);
 	end = now + warmup;
 	for (k = 0;; ) {
 		/*
@@ -414,6 +419,17 @@ main(int argc, char **argv)
 			t0 = clock_s(CLOCK_MONOTONIC);
 			end = t0 + seconds;
 		}
+		/* -r: sleep until the next round is due; never catch up */
+		if (rate > 0) {
+			next += 1.0 / rate;
+			if ((now = clock_s(CLOCK_MONOTONIC)) >= next)
+				next = now;
+			else {
+				ts.tv_sec = (time_t)(next - now);
+				ts.tv_nsec = (long)((next - now - ts.tv_sec) * 1e9);
+				nanosleep(&ts, NULL);
+			}
+		}
 	}
 done:
 	c1 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
@@ -431,9 +447,9 @@ done:
 	printf("{\"sockets\":%d,\"bytes\":%d,\"sends\":%llu,\"eagain\":%llu,"
 	    "\"waits\":%llu,\"sent_bytes\":%llu,\"seconds\":%.4f,\"cpu_s\":%.4f,"
 	    "\"user_s\":%.4f,\"sys_s\":%.4f,\"us_per_send\":%.4f,"
-	    "\"sends_per_s\":%.0f,\"nodelay\":%s}\n",
+	    "\"sends_per_s\":%.0f,\"rate\":%ld,\"nodelay\":%s}\n",
 	    nsock, size, sends, eagain, waits, bytes, t1 - t0, cpu, user, sys,
-	    sends ? cpu * 1e6 / sends : 0.0, sends / (t1 - t0),
+	    sends ? cpu * 1e6 / sends : 0.0, sends / (t1 - t0), rate,
 	    nagle ? "false" : "true");
 	/*
 	 * A reader that falls behind (another process on its CPU, or large
@@ -446,7 +462,7 @@ done:
 		    "end, so sends were partly appended to queued data\n",
 		    eagain, sends, waits);
 	/* the CPU time per send holds, but sends/s does not */
-	if (waits == 0 && cpu < 0.9 * (t1 - t0))
+	if (rate == 0 && waits == 0 && cpu < 0.9 * (t1 - t0))
 		fprintf(stderr, "floor: the sender had only %.0f%% of its CPU: "
 		    "something else ran there\n", 100 * cpu / (t1 - t0));
 	return 0;

@@ -89,9 +89,10 @@ def scenarios():
         dict(name="E", what="10 clients x 64 KiB, as fast as possible",
              n=10, size=65536, rate=0),
         dict(name="F", what="1 client that never reads + 10 readers, "
-             "64 KiB x 1,000/s", n=10, stalled=1, size=65536, rate=1000),
+             "64 KiB x 1,000/s", n=10, stalled=1, size=65536, rate=1000,
+             floor_rate=1000),
         dict(name="Fctl", what="F's control run: the 10 readers alone",
-             n=10, size=65536, rate=1000),
+             n=10, size=65536, rate=1000, floor_rate=1000),
         dict(name="flood", what="%d clients join a stream flooding at full "
              "speed (all connects at once, bounded 10 s; then %gs measured)"
              % (MANY, short),
@@ -228,13 +229,16 @@ def load_has_zlib():
 # ------------------------------------------------------------ send floor
 
 def floor_points():
-    """(sockets, bytes) where bench/floor measures: the scenarios' client
-    counts, at their message size and larger (a relay hands several queued
-    messages to one send: in A and E, ~128 KiB of them)."""
-    pts = [(100, 100), (100, 1024), (100, 131072), (1000, 100), (1000, 1024),
-           (5000, 256), (5000, 1024), (10, 65536), (10, 131072)]
-    if MANY not in (100, 1000, 5000):
-        pts += [(MANY, 100), (MANY, 1024), (MANY, 131072)]  # D and flood
+    """(sockets, bytes, rounds/s) where bench/floor measures: the scenarios'
+    client counts, at their message size and larger (a relay hands several
+    queued messages to one send: in A and E, ~128 KiB of them), as fast as
+    it can (rounds/s 0) and, for F, at F's pace: 1,000 sends a second to
+    each socket, so that its reader keeps up as F's readers do."""
+    pts = [(100, 100, 0), (100, 1024, 0), (100, 131072, 0), (1000, 100, 0),
+           (1000, 1024, 0), (5000, 256, 0), (5000, 1024, 0), (10, 65536, 0),
+           (10, 131072, 0), (10, 65536, 1000)]
+    if MANY not in (100, 1000, 5000):                   # D and flood
+        pts += [(MANY, 100, 0), (MANY, 1024, 0), (MANY, 131072, 0)]
     return pts
 
 
@@ -248,10 +252,13 @@ def nearest(values, v):
     return min(values, key=lambda x: (abs(math.log(x / v)), x))
 
 
-def floor_pick(floors, sockets, nbytes):
+def floor_pick(floors, sockets, nbytes, rate=0):
     """The floor measured at the count nearest sockets and, of that count's,
-    at the size nearest nbytes."""
+    at the size nearest nbytes; paced at rate rounds/s if such was measured,
+    else as fast as it could."""
     ok = [f for f in floors if f.get("us_per_send")]
+    ok = [f for f in ok if f.get("rate", 0) == rate] or \
+        [f for f in ok if not f.get("rate")]
     if not ok or not sockets or not nbytes:
         return None
     n = nearest({f["sockets"] for f in ok}, sockets)
@@ -266,10 +273,11 @@ def run_floor(points, perf_ok):
     perf stat tracepoints as the relays when they are counted: enabled,
     they add ~10 % to a send(), to the floor as to the relays."""
     res = []
-    for n, size in points:
+    for n, size, rate in points:
         cmd = [FLOOR, "-n", str(n), "-s", str(size),
                "-t", "%g" % FLOOR_SECONDS, "-w", "%g" % FLOOR_WARMUP,
-               "-c", RELAY_CPU, "-C", LOAD_CPU]
+               "-c", RELAY_CPU, "-C", LOAD_CPU] + \
+            (["-r", str(rate)] if rate else [])
         if perf_ok:
             cmd = ["taskset", "-c", LOAD_CPU, "perf", "stat", "-x,", "-o",
                    os.devnull, "-e", ",".join("syscalls:sys_enter_" + e
@@ -289,7 +297,7 @@ def run_floor(points, perf_ok):
             except ValueError:
                 pass
         if not d:
-            d = dict(sockets=n, bytes=size)
+            d = dict(sockets=n, bytes=size, rate=rate)
         d["notes"] = [l.strip() for l in err.splitlines() if l.strip()]
         d["cmd"] = " ".join(cmd)
         res.append(d)
@@ -298,8 +306,9 @@ def run_floor(points, perf_ok):
 
 
 def floor_table(floors):
-    hdr = ("sockets", "bytes", "us / send", "sends/s", "EAGAIN")
+    hdr = ("sockets", "bytes", "rounds/s", "us / send", "sends/s", "EAGAIN")
     body = [(fmt(f["sockets"], "int"), fmt(f["bytes"], "int"),
+             fmt(f.get("rate"), "int") if f.get("rate") else "max",
              fmt(f.get("us_per_send"), "f2"),
              fmt(f.get("sends_per_s"), "int"),
              fmt(f.get("eagain"), "int")) for f in floors]
@@ -464,10 +473,10 @@ def run_one(relay, sc, perf_ok, floors=()):
         hdr = 2 if pay < 126 else 4 if pay < 65536 else 10
         nbytes = res["bytes_send"] = (kv["bytes_s"] + hdr * kv["msgs_s"]) * \
             res["perf_s"] / res["sends"]
-    f = floor_pick(floors, floor_clients(sc), nbytes)
+    f = floor_pick(floors, floor_clients(sc), nbytes, sc.get("floor_rate", 0))
     if f:
-        res["floor"] = dict((k, f[k]) for k in ("sockets", "bytes",
-                                                "us_per_send"))
+        res["floor"] = dict((k, f.get(k)) for k in ("sockets", "bytes",
+                                                    "us_per_send", "rate"))
         if res.get("cpu_us_send"):
             res["cpu_send_floor"] = res["cpu_us_send"] / f["us_per_send"]
     before = snaps.get("connecting", {}).get("rss")
@@ -536,8 +545,9 @@ def metrics_for(name, r, runs):
         fl = r.get("floor")
         rows.append(("CPU per send / floor", r.get("cpu_send_floor"), "f2"))
         rows.append(("floor us at sockets x B (B / send)",
-                     "%.2f at %d x %d (%s)" % (
+                     "%.2f at %d x %d%s (%s)" % (
                          fl["us_per_send"], fl["sockets"], fl["bytes"],
+                         " %d/s" % fl["rate"] if fl.get("rate") else "",
                          fmt(r.get("bytes_send"), "int"))
                      if fl else None, None))
         bps = r.get("bytes_send")
