@@ -3855,7 +3855,11 @@ conn_send_head(struct conn *c, const char *p, size_t n)
 		if ((size_t)k == n)
 			return 0;
 	}
-	return conn_queue(c, msg_raw(p + k, n - (size_t)k), 1);
+	if (conn_queue(c, msg_raw(p, n), 1) < 0)
+		return -1;
+	if (k > 0)	/* half sent, so that no close can cut it short */
+		c->q.off = (size_t)k, c->q.bytes -= (size_t)k;
+	return 0;
 }
 
 static void
@@ -4041,9 +4045,10 @@ conn_head(struct conn *c, unsigned char *buf, size_t n)
 /*
  * Bytes arrived.  A client gets one read a turn.  An upstream gets up to
  * an eighth of --max-queue a turn (at most READS_PER_EVENT reads), however
- * many times it is read (see sources_read()): that is all its clients'
- * queues can grow by in one turn, so a client that was keeping up when the
- * turn began is still far within --max-queue after it.
+ * many times it is read (see sources_read()).  A client written early in
+ * a turn is written next early in the next, so its queue grows by at most
+ * two turns' reads in between: a client that was keeping up is still far
+ * within --max-queue.
  */
 static void
 conn_readable(struct conn *c)
@@ -5978,6 +5983,7 @@ route_replay(struct route *r, struct conn *c)
 		if (queue_push(&c->q, r->ring[(r->ringhead + i) % opt.replay],
 		    0) < 0)
 			break;
+	conn_mark(c);
 }
 
 /*

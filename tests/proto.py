@@ -901,10 +901,11 @@ def t_us_fresh_masks_and_keys():
 @test
 def t_fo_hundreds_of_clients_while_flooded():
     # 600 clients: more than one flush slice (256), so wsfwd reads its
-    # upstream again partway through writing to them and flushes leftover
-    # clients a turn later.  The origin sends one message at a time while
-    # 150 clients reset their connections midway (dead conns on the flush
-    # list).  Every surviving client must get every message, in order, once.
+    # upstream again partway through writing to them, and the clients it
+    # had already written get the new messages a turn later.  The origin
+    # sends one message at a time while 150 clients reset their connections
+    # midway.  Every surviving client must get every message, in order, and
+    # nothing more.  (How much sooner messages arrive is for bench/ to show.)
     up, w, first, u = upstream_setup()
     clients = [first] + [WS.open(w.port, "/b") for _ in range(599)]
     msgs = [b"%06d " % i + os.urandom(96).hex().encode() for i in range(400)]
@@ -921,8 +922,8 @@ def t_fo_hundreds_of_clients_while_flooded():
         for i, f in enumerate(got):
             if (f.opcode, f.payload) != (OP_TEXT, msgs[i]):
                 fail("client %d message %d: got %r, want %s" % (n, i, f, short(msgs[i])))
-    for ws in survivors[::50]:
-        ws.ping_pong()
+    for ws in survivors:
+        ws.ping_pong()          # fails on any frame but the pong
 
 
 @test
@@ -934,11 +935,11 @@ def t_fo_timeouts_while_flowing():
     import threading
     up, w, first, u = upstream_setup("--ping", "1")
     clients = [first] + [WS.open(w.port, "/b") for _ in range(599)]
-    stop = time.monotonic() + 4
+    stop = [time.monotonic() + 20]
 
     def origin():
         i = 0
-        while time.monotonic() < stop:
+        while time.monotonic() < stop[0]:
             try:
                 u.send_raw(encode_frame(OP_TEXT, b"m%d" % i, mask=False))
                 u.sock.settimeout(0)
@@ -966,8 +967,12 @@ def t_fo_timeouts_while_flowing():
         time.sleep(0.1)
     eq(w.log().count("ping timeout"), 600, "clients dropped for ping timeout")
     late = client(w, "/b")
-    f = late.recv_frame()
+    for _ in range(5):          # its pings may come first
+        f = late.recv_frame()
+        if f.opcode == OP_TEXT:
+            break
     check(f.opcode == OP_TEXT and f.payload.startswith(b"m"), "a late client gets messages: %r" % (f,))
+    stop[0] = 0
     t.join(6)
 
 
