@@ -57,7 +57,8 @@ from wslib import (  # noqa: E402
     HOST, TIMEOUT, OP_CONT, OP_TEXT, OP_BIN, OP_CLOSE, OP_PING, OP_PONG,
     SOCKS, CLEANUP, TestFail, Timeout, Closed, fail, check, eq,
     accept_key, encode_frame, close_payload, build_request, check_101, HttpHead,
-    Peer, WS, Wsfwd, FakeUpstream, free_port, test)
+    Peer, WS, Wsfwd, FakeUpstream, free_port, test,
+    forget, recv_or_eof, attempt, sort_out)
 
 LONG = False                # --long: set in main()
 TEST_ALARM = 150            # seconds any one test may take (--long: 600)
@@ -154,18 +155,6 @@ def raw_conn(port, timeout=TIMEOUT):
     s.settimeout(timeout)
     s.connect((HOST, port))
     return s
-
-
-def forget(sock):
-    """Close a socket the running test opened and drop it from SOCKS."""
-    try:
-        sock.close()
-    except OSError:
-        pass
-    try:
-        SOCKS.remove(sock)
-    except ValueError:
-        pass
 
 
 def background(fn, *args):
@@ -285,10 +274,7 @@ def flap(stop, origin, until, period, gap, got):
                     pending[c.sock] = c
                     continue
                 c = pending[s]
-                try:
-                    data = s.recv(65536)
-                except OSError:
-                    data = b""
+                data = recv_or_eof(s)
                 if not data:
                     del pending[s]
                     continue
@@ -468,59 +454,6 @@ def t_client_churn():
 
 
 # ---------------------------------------------------------------- c. descriptors
-
-def attempt(port, n, path="/y"):
-    """n connections that each send an upgrade request: {socket: key}, refused."""
-    pending, refused = {}, 0
-    for _ in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        SOCKS.append(s)
-        s.settimeout(2)
-        req, key = build_request(port, path)
-        try:
-            s.connect((HOST, port))
-            s.sendall(req)
-        except socket.timeout:
-            fail("connect or send to wsfwd blocked for 2 s")
-        except OSError:
-            refused += 1
-            forget(s)
-            continue
-        pending[s] = [key, b""]
-    return pending, refused
-
-
-def sort_out(pending, until):
-    """Read answers until `until`: (upgraded sockets, number refused); the
-    sockets still unanswered stay in pending."""
-    upgraded, refused = [], 0
-    while pending:
-        left = until - time.monotonic()
-        if left <= 0:
-            break
-        r, _, _ = select.select(list(pending), [], [], left)
-        for s in r:
-            key, buf = pending[s]
-            try:
-                data = s.recv(4096)
-            except OSError:
-                data = b""
-            if not data:
-                del pending[s]
-                check(not buf, "connection closed after a partial response %r" % buf)
-                refused += 1
-                forget(s)
-                continue
-            buf += data
-            if b"\r\n\r\n" in buf:
-                del pending[s]
-                i = buf.index(b"\r\n\r\n")
-                check_101(HttpHead(buf[:i]), key)
-                upgraded.append((s, buf[i + 4:]))
-            else:
-                pending[s][1] = buf
-    return upgraded, refused
-
 
 def read_line_msg(s, rest, want, until):
     """Read from a raw upgraded socket until the text message `want`."""
@@ -719,10 +652,7 @@ def trickle(stop, port, request, seconds, box):
             return
         r, _, _ = select.select([s], [], [], max(0, t0 + (i + 1) * step - time.monotonic()))
         if r:
-            try:
-                data = s.recv(4096)
-            except OSError:
-                data = b""
+            data = recv_or_eof(s, 4096)
             if not data:
                 box["closed"] = time.monotonic() - t0
                 box["got"] = buf
@@ -731,10 +661,7 @@ def trickle(stop, port, request, seconds, box):
     box["sent"] = time.monotonic() - t0
     s.settimeout(TIMEOUT)
     while b"\r\n\r\n" not in buf:
-        try:
-            data = s.recv(4096)
-        except OSError:
-            data = b""
+        data = recv_or_eof(s, 4096)
         if not data:
             box["closed"] = time.monotonic() - t0
             break
@@ -1026,10 +953,7 @@ def feed_origin(stop, origin, plan, state):
                 u = c
                 state["sessions"] += 1
         if u is not None and u.sock.fileno() in ready:
-            try:
-                data = u.sock.recv(65536)
-            except OSError:
-                data = b""
+            data = recv_or_eof(u.sock)
             if not data:
                 forget(u.sock)
                 u = None

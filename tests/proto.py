@@ -37,7 +37,7 @@ from wslib import (  # noqa: E402
     TestFail, Timeout, Closed, fail, check, eq, short, first_diff,
     accept_key, new_key, encode_frame, close_payload, HttpHead, build_request, check_101,
     Peer, WS, free_port, new_log, Wsfwd, test, add,
-    FakeUpstream, UpConn, start_server, client)
+    FakeUpstream, UpConn, start_server, client, attempt, sort_out)
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ")
 
@@ -1349,48 +1349,14 @@ def t_fd_exhaustion_no_busy_loop():
     w = start_server("/y=-", preexec_fn=lambda: resource.setrlimit(
         resource.RLIMIT_NOFILE, (32, 32)))
     eq(nofile_limits(w.proc.pid), ("32", "32"), "wsfwd's Max open files")
-    pending = {}                # socket -> (key, bytes received)
-    refused = upgraded = 0
-    for _ in range(60):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        SOCKS.append(s)
-        s.settimeout(2)
-        req, key = build_request(w.port, "/y")
-        try:
-            s.connect((HOST, w.port))
-            s.sendall(req)
-        except socket.timeout:
-            fail("connect or send to wsfwd blocked for 2 s")
-        except OSError:
-            refused += 1
-            continue
-        pending[s] = (key, b"")
+    pending, refused = attempt(w.port, 60)
+    upgraded = 0
 
     def collect(until):
         nonlocal refused, upgraded
-        while pending:
-            left = until - time.monotonic()
-            if left <= 0:
-                break
-            r, _, _ = select.select(list(pending), [], [], left)
-            for s in r:
-                key, buf = pending[s]
-                try:
-                    data = s.recv(4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    del pending[s]
-                    check(not buf, "connection closed after a partial response %r" % buf)
-                    refused += 1
-                    continue
-                buf += data
-                if b"\r\n\r\n" in buf:
-                    del pending[s]
-                    check_101(HttpHead(buf[:buf.index(b"\r\n\r\n")]), key)
-                    upgraded += 1
-                else:
-                    pending[s] = (key, buf)
+        up, r = sort_out(pending, until)
+        upgraded += len(up)
+        refused += r
 
     collect(time.monotonic() + 2)
     cpu0, t0 = cpu_seconds(w.proc.pid), time.monotonic()

@@ -19,6 +19,7 @@ running test opens in PROCS, SOCKS and CLEANUP.
 import base64
 import hashlib
 import os
+import select
 import shutil
 import signal
 import socket
@@ -194,6 +195,80 @@ def check_101(head, key):
     check("upgrade" in head.tokens("connection"),
           "Connection header %r lacks upgrade" % head.get("connection"))
     eq(head.get("sec-websocket-accept"), accept_key(key), "Sec-WebSocket-Accept")
+
+
+# ---------------------------------------------------------------- raw upgrades
+
+def recv_or_eof(sock, n=65536):
+    """Up to n bytes from sock; b"" at EOF, and on any error (a reset, a
+    timeout), which the callers treat alike: the peer is gone."""
+    try:
+        return sock.recv(n)
+    except OSError:
+        return b""
+
+
+def forget(sock):
+    """Close a socket the running test opened and drop it from SOCKS."""
+    try:
+        sock.close()
+    except OSError:
+        pass
+    try:
+        SOCKS.remove(sock)
+    except ValueError:
+        pass
+
+
+def attempt(port, n, path="/y"):
+    """n raw connections (descriptor exhaustion tests) that each send an
+    upgrade request: ({socket: [key, bytes received]}, number refused)."""
+    pending, refused = {}, 0
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        SOCKS.append(s)
+        s.settimeout(2)
+        req, key = build_request(port, path)
+        try:
+            s.connect((HOST, port))
+            s.sendall(req)
+        except socket.timeout:
+            fail("connect or send to wsfwd blocked for 2 s")
+        except OSError:
+            refused += 1
+            forget(s)
+            continue
+        pending[s] = [key, b""]
+    return pending, refused
+
+
+def sort_out(pending, until):
+    """Read answers until `until`: (upgraded sockets, number refused); the
+    sockets still unanswered stay in pending."""
+    upgraded, refused = [], 0
+    while pending:
+        left = until - time.monotonic()
+        if left <= 0:
+            break
+        r, _, _ = select.select(list(pending), [], [], left)
+        for s in r:
+            key, buf = pending[s]
+            data = recv_or_eof(s, 4096)
+            if not data:
+                del pending[s]
+                check(not buf, "connection closed after a partial response %r" % buf)
+                refused += 1
+                forget(s)
+                continue
+            buf += data
+            if b"\r\n\r\n" in buf:
+                del pending[s]
+                i = buf.index(b"\r\n\r\n")
+                check_101(HttpHead(buf[:i]), key)
+                upgraded.append((s, buf[i + 4:]))
+            else:
+                pending[s][1] = buf
+    return upgraded, refused
 
 
 # ---------------------------------------------------------------- peers
