@@ -47,6 +47,8 @@ import sys
 import time
 import zlib
 
+from benchlib import free_port, proc_cpu_ns
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -84,17 +86,6 @@ def pmd_compress(data, level, wbits=-15, mem=8):
     return out[:-4] if out.endswith(TAIL) else out
 
 
-def cpu_ns(pid):
-    total = 0
-    for t in os.listdir("/proc/%d/task" % pid):
-        try:
-            with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-
-
 # ------------------------------------------------------------------- zlib
 
 def bench_zlib(msgs, label, level, wbits=-15, mem=8, min_s=1.0):
@@ -117,14 +108,6 @@ def bench_zlib(msgs, label, level, wbits=-15, mem=8, min_s=1.0):
 
 
 # ------------------------------------------------------------------ wsfwd
-
-def free_port():
-    s = socket.socket()
-    s.bind((HOST, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
 
 class Client:
     """A raw RFC 6455 client of wsfwd, reading whole frames."""
@@ -213,7 +196,7 @@ def run_round(w, port, path, deflate, lines, sent_plain, nmsgs):
         os.set_blocking(fd, False)
         sel.register(c.s, selectors.EVENT_READ, "r")
         sel.register(fd, selectors.EVENT_WRITE, "w")
-        cpu0 = cpu_ns(w.pid)
+        cpu0 = proc_cpu_ns(w.pid)
         off, n, sizes, bad = 0, 0, [], 0
         deadline = time.monotonic() + WAIT
         while n < nmsgs and time.monotonic() < deadline:
@@ -245,7 +228,7 @@ def run_round(w, port, path, deflate, lines, sent_plain, nmsgs):
                         bad += 1
                     sizes.append((rsv1, len(pl)))
                     n += 1
-        cpu1 = cpu_ns(w.pid)
+        cpu1 = proc_cpu_ns(w.pid)
         os.set_blocking(fd, True)
         sel.close()
         if n < nmsgs:

@@ -45,6 +45,8 @@ import tempfile
 import threading
 import time
 
+from benchlib import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -416,14 +418,6 @@ def measure(binary, certs, tmp, hold, ping):
         origin.join(3)
         origin.lsock.close()
     return rows, origin
-
-
-def free_port():
-    s = socket.socket()
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def main(argv):

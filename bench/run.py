@@ -49,6 +49,8 @@ import subprocess
 import sys
 import time
 
+from benchlib import free_port, proc_cpu_ns
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOAD = os.path.join(ROOT, "bench", "load")
 FLOOR = os.path.join(ROOT, "bench", "floor")
@@ -115,34 +117,6 @@ def scenarios():
 
 
 # ----------------------------------------------------------------- helpers
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def proc_cpu_ns(pid):
-    """CPU time of every thread of pid, in ns (schedstat), else stat."""
-    total = 0
-    try:
-        for t in os.listdir("/proc/%d/task" % pid):
-            try:
-                with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
-                    total += int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass
-        if total:
-            return total
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        hz = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) * 1000000000 // hz
-    except (OSError, ValueError, IndexError):
-        return None
-
 
 def proc_mem_kib(pid):
     rss = hwm = None

@@ -55,7 +55,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from wslib import (  # noqa: E402
     HOST, OP_BIN, OP_CLOSE, OP_PING, OP_PONG, accept_key, build_request,
-    close_payload, encode_frame, mask_bytes)
+    close_payload, encode_frame, free_port, mask_bytes)
 
 MSG = struct.Struct("!IIQ")         # session, 0, sequence
 FRAME = struct.Struct("!BBIIQ")     # the same as a whole unmasked frame
@@ -291,14 +291,6 @@ def proc_sample(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return fds, rss, cpu
-
-
-def free_port():
-    s = socket.socket()
-    s.bind((HOST, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_line(path, text, deadline):
