@@ -37,6 +37,7 @@ is told to stop and joined when its test ends.  Output: "ok - NAME" or
 stderr.
 """
 
+import errno
 import os
 import random
 import re
@@ -211,7 +212,19 @@ class Origin(FakeUpstream):
     def start(self):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((HOST, self.port))
+        # While the port is closed, a connection of wsfwd's (retrying: it
+        # may connect to itself, simultaneous open) or another test's can
+        # hold it as its own local port for a moment: try again, briefly.
+        deadline = time.monotonic() + 3
+        while True:
+            try:
+                s.bind((HOST, self.port))
+                break
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    s.close()
+                    raise
+                time.sleep(0.02)
         s.listen(64)
         SOCKS.append(s)
         self.port = s.getsockname()[1]
