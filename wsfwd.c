@@ -703,6 +703,7 @@ static struct ipcount	*iptab[IPTAB_SIZE];	/* --max-per-ip */
 static struct route	*stdin_route;
 static struct conn	**conns;	/* every live connection, in poll order */
 static size_t		 nconns, capconns;
+static struct pollfd	*pfds;		/* POLL_FIXED, then one per conn */
 static struct conn	*dirty, *dirty_tail;	/* conns to flush, in order */
 static size_t		 ndirty;
 static unsigned		 nbig;		/* feeds of FLUSH_SLICE clients or more */
@@ -3674,13 +3675,18 @@ static struct conn *
 conn_new(int fd, int kind)
 {
 	struct conn *c, **v;
+	struct pollfd *p;
 	size_t cap;
 
+	/* Both grow here, so that the loop never allocates (or fails) later. */
 	if (nconns == capconns) {
 		cap = capconns ? capconns * 2 : 64;
 		if ((v = realloc(conns, cap * sizeof *v)) == NULL)
 			return NULL;
-		conns = v, capconns = cap;
+		conns = v;
+		if ((p = realloc(pfds, (POLL_FIXED + cap) * sizeof *p)) == NULL)
+			return NULL;
+		pfds = p, capconns = cap;
 	}
 	if ((c = calloc(1, sizeof *c)) == NULL)
 		return NULL;
@@ -6528,11 +6534,12 @@ static void
 loop(void)
 {
 	struct route *r;
-	struct pollfd *pfd = NULL, *v;
-	size_t cap = 0, n, i;
+	size_t n, i;
 	int64_t wake;
 	int timeout, k, pending;
 
+	if (pfds == NULL && (pfds = calloc(POLL_FIXED, sizeof *pfds)) == NULL)
+		die("out of memory");
 	for (;;) {
 		now = now_ms();
 		if (quit && exit_at == 0)
@@ -6546,56 +6553,51 @@ loop(void)
 		conn_reap();
 		if (should_exit())
 			break;
-		if (cap < POLL_FIXED + nconns) {
-			cap = (POLL_FIXED + nconns) * 2;
-			if ((v = realloc(pfd, cap * sizeof *v)) == NULL)
-				die("out of memory");
-			pfd = v;
-		}
 		if (listen_pause != 0 && now >= listen_pause)
 			listen_pause = 0;
-		pfd[POLL_LISTEN].fd = listen_pause ? -1 : listen_fd;
-		pfd[POLL_DNS].fd = wake_pipe[0];
+		pfds[POLL_LISTEN].fd = listen_pause ? -1 : listen_fd;
+		pfds[POLL_DNS].fd = wake_pipe[0];
 		routes_ready();
-		pfd[POLL_STDIN].fd = stdin_route != NULL && !stdin_route->done &&
+		pfds[POLL_STDIN].fd = stdin_route != NULL && !stdin_route->done &&
 		    !route_behind(stdin_route) && exit_at == 0 ?
 		    STDIN_FILENO : -1;
 		for (i = 0; i < POLL_FIXED; i++)
-			pfd[i].events = POLLIN;
+			pfds[i].events = POLLIN;
 		for (pending = 0, n = nconns, i = 0; i < n; i++) {
-			pfd[POLL_FIXED + i].fd = conns[i]->fd;
-			pfd[POLL_FIXED + i].events = conn_events(conns[i]);
+			pfds[POLL_FIXED + i].fd = conns[i]->fd;
+			pfds[POLL_FIXED + i].events = conn_events(conns[i]);
 			pending |= conns[i]->pending = tls_pending(conns[i]);
 		}
 		timeout = pending || dirty != NULL ? 0 : wake == INT64_MAX ? -1 :
 		    (int)MIN(MAX(wake - now, 0), INT_MAX);
-		if (poll(pfd, POLL_FIXED + n, timeout) < 0) {
+		if (poll(pfds, POLL_FIXED + n, timeout) < 0) {
 			if (errno == EINTR)
 				continue;
 			die("poll:");
 		}
 		now = now_ms();
-		if (pfd[POLL_DNS].revents)
+		if (pfds[POLL_DNS].revents)
 			dns_done();
-		if (pfd[POLL_STDIN].revents && stdin_route != NULL &&
+		if (pfds[POLL_STDIN].revents && stdin_route != NULL &&
 		    !stdin_route->done)
 			stdin_read(stdin_route);
 		/* A conn closed by an earlier event in this turn is DEAD. */
 		for (i = 0; i < n; i++) {
 			if (conns[i]->pending)
-				pfd[POLL_FIXED + i].revents |= POLLIN;
-			if (pfd[POLL_FIXED + i].revents &&
+				pfds[POLL_FIXED + i].revents |= POLLIN;
+			if (pfds[POLL_FIXED + i].revents &&
 			    conns[i]->state != CONN_DEAD)
-				conn_event(conns[i], pfd[POLL_FIXED + i].revents);
+				conn_event(conns[i], pfds[POLL_FIXED + i].revents);
 		}
-		if (pfd[POLL_LISTEN].revents && listen_fd >= 0)
+		if (pfds[POLL_LISTEN].revents && listen_fd >= 0)
 			for (k = 0; k < ACCEPT_BATCH && accept_one() == 0; k++)
 				;
 		for (r = feeds; r != NULL; r = r->lnext)
 			batch_flush(r);
 		flush_dirty();
 	}
-	free(pfd);
+	free(pfds);
+	pfds = NULL;
 }
 
 /* ==== Setup ==== */
